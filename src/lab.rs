@@ -1,0 +1,1 @@
+//! Throwaway clusters in network namespaces, for the demo and the real-kernel tests (being written).

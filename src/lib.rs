@@ -1,0 +1,10 @@
+//! kube-proxy-rs: a drop-in replacement for Kubernetes' kube-proxy.
+//!
+//! The tree follows the flow of data: `sources` produce changes → the pure `core` turns them into desired state →
+//! a `dataplane` per mode programs the kernel → the `runner` paces syncs and feeds `admin` (health, metrics).
+//! `config` parses flags; `lab` builds throwaway network-namespace clusters for the demo and the tests.
+
+pub mod core;
+pub mod lab;
+pub mod model;
+pub mod sources;
