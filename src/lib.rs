@@ -5,6 +5,9 @@
 //! `config` parses flags; `lab` builds throwaway network-namespace clusters for the demo and the tests.
 
 pub mod core;
+pub mod dataplane;
 pub mod lab;
 pub mod model;
 pub mod sources;
+#[cfg(test)]
+mod testutil;

@@ -30,6 +30,8 @@ pub struct NodeView {
     pub addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<IpNet>,
     pub being_deleted: bool,
+    /// Every address on this host's interfaces (for `--nodeport-addresses` CIDRs).
+    pub interface_addresses: Vec<IpAddr>,
 }
 
 impl NodeView {
@@ -222,8 +224,10 @@ impl ClusterState {
             view.pod_cidrs = node.pod_cidrs.clone();
             view.being_deleted = node.being_deleted;
         }
+        view.interface_addresses = self.interface_addresses.clone();
         if view.addresses.is_empty() {
-            view.addresses = self.interface_addresses.clone();
+            // Without a Node object the node's IPs are its interfaces' (loopback and link-local excluded).
+            view.addresses = self.interface_addresses.iter().copied().filter(|a| is_node_ip_candidate(a)).collect();
         }
         if view == self.desired.node {
             return;
@@ -281,6 +285,13 @@ impl ClusterState {
     /// Changes applied but not yet taken (for the *_changes_pending gauges).
     pub fn pending(&self) -> &Changes {
         &self.pending
+    }
+}
+
+fn is_node_ip_candidate(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_unspecified(),
     }
 }
 

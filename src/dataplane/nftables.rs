@@ -1,0 +1,142 @@
+//! nftables mode: one `ip` and one `ip6` table named `kube-proxy-rs`, owned entirely by us, changed with
+//! one atomic transaction per family and sync.
+
+pub mod ir;
+mod plan;
+pub mod ruleset;
+pub mod text;
+pub mod transport;
+
+use ipnet::IpNet;
+
+use self::ir::{Family, Op, Transaction};
+use self::plan::Applied;
+use self::ruleset::{FamilyConfig, LocalTraffic, NodePortAddresses as RuleNodePorts, TABLE};
+use self::transport::Transport;
+use super::settings::{LocalDetection, NodePortAddresses, ProxySettings};
+use super::{Dataplane, DataplaneError, SyncKind};
+use crate::core::{Changes, DesiredState, NodeView};
+use crate::model::IpFamily;
+
+struct FamilyTable {
+    family: Family,
+    /// What the kernel holds, or `None` when unknown (start-up, after a failure): the next sync is full.
+    applied: Option<Applied>,
+}
+
+/// The nftables dataplane.
+pub struct NftablesDataplane {
+    settings: ProxySettings,
+    transport: Box<dyn Transport>,
+    tables: Vec<FamilyTable>,
+}
+
+impl NftablesDataplane {
+    pub fn new(settings: ProxySettings, transport: Box<dyn Transport>, families: &[IpFamily]) -> Self {
+        let tables = families.iter().map(|f| FamilyTable { family: Family::of(*f), applied: None }).collect();
+        NftablesDataplane { settings, transport, tables }
+    }
+
+    fn family_config(&self, family: IpFamily, node: &NodeView) -> FamilyConfig {
+        let of_family =
+            |nets: &[IpNet]| -> Vec<IpNet> { nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect() };
+        let local = match &self.settings.local_detection {
+            LocalDetection::ClusterCidr(nets) => LocalTraffic::Cidrs(of_family(nets)),
+            LocalDetection::NodeCidr => LocalTraffic::Cidrs(of_family(&node.pod_cidrs)),
+            LocalDetection::BridgeInterface(b) => LocalTraffic::Bridge(b.clone()),
+            LocalDetection::InterfaceNamePrefix(p) => LocalTraffic::InterfacePrefix(p.clone()),
+        };
+        FamilyConfig {
+            family: Family::of(family),
+            masquerade_mark: self.settings.masquerade_mark(),
+            masquerade_all: self.settings.masquerade_all,
+            local,
+            nodeports: RuleNodePorts::Listed,
+        }
+    }
+
+    fn nodeport_ips(&self, family: IpFamily, node: &NodeView) -> Vec<std::net::IpAddr> {
+        let cidrs = match &self.settings.nodeport_addresses {
+            NodePortAddresses::Default | NodePortAddresses::Primary => None,
+            NodePortAddresses::Cidrs(c) => Some(c.as_slice()),
+        };
+        ruleset::nodeport_ips(family, cidrs, node.primary_address(family), &node.interface_addresses)
+    }
+}
+
+impl Dataplane for NftablesDataplane {
+    fn mode(&self) -> &'static str {
+        "nftables"
+    }
+
+    fn sync(&mut self, desired: &DesiredState, changes: &Changes, full: bool) -> Result<SyncKind, DataplaneError> {
+        let mut kind = SyncKind::Nothing;
+        for i in 0..self.tables.len() {
+            let family = self.tables[i].family.ip_family();
+            let config = self.family_config(family, &desired.node);
+            let nodeport_ips = self.nodeport_ips(family, &desired.node);
+            let table = &mut self.tables[i];
+            let ports = desired.family(family);
+            let tx = match &mut table.applied {
+                Some(applied) if !full && applied.config == config => {
+                    let tx = plan::partial(applied, ports, changes.ports(family), nodeport_ips);
+                    if !tx.is_empty() && kind == SyncKind::Nothing {
+                        kind = SyncKind::Partial;
+                    }
+                    tx
+                }
+                _ => {
+                    let (tx, applied) = plan::full(&config, ports, nodeport_ips);
+                    table.applied = Some(applied);
+                    kind = SyncKind::Full;
+                    tx
+                }
+            };
+            if tx.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.transport.apply(&tx) {
+                table.applied = None;
+                return Err(DataplaneError::Apply {
+                    what: format!("{family:?} nftables transaction"),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(kind)
+    }
+
+    fn verify(&mut self) -> Result<bool, DataplaneError> {
+        let mut intact = true;
+        for table in &mut self.tables {
+            if table.applied.is_none() {
+                continue;
+            }
+            let exists = self
+                .transport
+                .table_exists(table.family, TABLE)
+                .map_err(|e| DataplaneError::Unavailable(e.to_string()))?;
+            if !exists {
+                table.applied = None;
+                intact = false;
+            }
+        }
+        Ok(intact)
+    }
+
+    fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        for table in &mut self.tables {
+            table.applied = None;
+            // "add" first makes the delete succeed whether or not the table exists.
+            let mut tx = Transaction::new(table.family, TABLE);
+            tx.ops.extend([Op::AddTable, Op::DeleteTable]);
+            self.transport
+                .apply(&tx)
+                .map_err(|e| DataplaneError::Apply { what: "nftables cleanup".into(), reason: e.to_string() })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests;

@@ -1,0 +1,201 @@
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::*;
+use crate::core::{EndpointAddr, PortEndpoint, ServicePort, ServicePortName};
+use crate::dataplane::nftables::ruleset::LocalTraffic;
+use crate::dataplane::nftables::text;
+use crate::model::{IpFamily, Protocol, ServiceKey};
+
+fn config() -> FamilyConfig {
+    FamilyConfig {
+        family: Family::Ip,
+        masquerade_mark: 0x4000,
+        masquerade_all: false,
+        local: LocalTraffic::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
+        nodeports: super::super::ruleset::NodePortAddresses::Listed,
+    }
+}
+
+fn port(name: &str, ip: &str, endpoints: &[&str]) -> ServicePort {
+    let eps: Vec<EndpointAddr> =
+        endpoints.iter().map(|e| EndpointAddr { ip: e.parse().unwrap(), port: 8080 }).collect();
+    ServicePort {
+        name: ServicePortName { service: ServiceKey::new("ns", name), port: "http".into(), protocol: Protocol::Tcp },
+        family: IpFamily::V4,
+        port: 80,
+        node_port: None,
+        cluster_ip: ip.parse().unwrap(),
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        load_balancer_source_ranges: vec![],
+        session_affinity_timeout: None,
+        external_policy_local: false,
+        internal_policy_local: false,
+        health_check_node_port: None,
+        endpoints: eps
+            .iter()
+            .map(|a| PortEndpoint {
+                addr: *a,
+                ready: true,
+                serving: true,
+                terminating: false,
+                is_local: false,
+                zone_hints: vec![],
+                node_hints: vec![],
+            })
+            .collect(),
+        has_any_endpoints: !eps.is_empty(),
+        cluster_endpoints: eps,
+        local_endpoints: vec![],
+    }
+}
+
+fn state(ports: &[ServicePort]) -> FamilyState {
+    let mut st = FamilyState::default();
+    for p in ports {
+        st.ports.insert(p.name.clone(), Arc::new(p.clone()));
+    }
+    st
+}
+
+fn changed(ports: &[&ServicePort]) -> BTreeSet<ServicePortName> {
+    ports.iter().map(|p| p.name.clone()).collect()
+}
+
+fn lines(tx: &Transaction) -> Vec<String> {
+    text::script(tx).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn full_sync_replaces_the_table_atomically_and_contains_each_service() {
+    let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
+    let b = port("b", "10.96.0.2", &[]);
+    let (tx, _) = full(&config(), &state(&[a, b]), vec!["192.168.50.1".parse().unwrap()]);
+    let l = lines(&tx);
+    assert_eq!(&l[..3], ["add table ip kube-proxy-rs", "delete table ip kube-proxy-rs", "add table ip kube-proxy-rs"]);
+    let script = l.join("\n");
+    assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints"), "{script}");
+    assert!(
+        script.contains("add element ip kube-proxy-rs endpoints { 0 : 10.244.0.5 . 8080, 1 : 10.244.0.6 . 8080 }"),
+        "{script}"
+    );
+    assert!(script.contains("10.96.0.1 . tcp . 80 : goto svc-ns/a/tcp/http"), "{script}");
+    assert!(
+        script
+            .contains("add element ip kube-proxy-rs no-endpoint-services { 10.96.0.2 . tcp . 80 : goto reject-chain }"),
+        "{script}"
+    );
+    assert!(script.contains("add element ip kube-proxy-rs nodeport-ips { 192.168.50.1 }"), "{script}");
+    assert!(script.contains("ip daddr @cluster-ips ip saddr != 10.244.0.0/16 jump mark-for-masquerade"), "{script}");
+}
+
+#[test]
+fn endpoint_change_within_capacity_only_rewrites_map_elements() {
+    let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
+    let (_, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let a2 = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.7"]);
+    let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
+    assert_eq!(
+        lines(&tx),
+        [
+            "delete element ip kube-proxy-rs endpoints { 1 }",
+            "delete element ip kube-proxy-rs hairpin { 10.244.0.6 . 10.244.0.6 }",
+            "add element ip kube-proxy-rs endpoints { 1 : 10.244.0.7 . 8080 }",
+            "add element ip kube-proxy-rs hairpin { 10.244.0.7 . 10.244.0.7 }",
+        ]
+    );
+}
+
+#[test]
+fn growing_past_capacity_moves_to_a_new_block_and_rewrites_the_chain() {
+    let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
+    let (_, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let a2 = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6", "10.244.0.7"]);
+    let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
+    let l = lines(&tx);
+    assert_eq!(l[0], "flush chain ip kube-proxy-rs svc-ns/a/tcp/http");
+    assert!(l[1].ends_with("numgen random mod 3 offset 2 map @endpoints"), "{l:?}");
+    assert!(l.contains(&"delete element ip kube-proxy-rs endpoints { 0, 1 }".to_string()), "{l:?}");
+    assert!(
+        l.iter().any(|x| x.starts_with("add element ip kube-proxy-rs endpoints { 2 : 10.244.0.5 . 8080, 3 :")),
+        "{l:?}"
+    );
+    // The old block is free again: a new port of capacity 2 reuses it.
+    let b = port("b", "10.96.0.2", &["10.244.1.1", "10.244.1.2"]);
+    let tx = partial(&mut applied, &state(&[a2, b.clone()]), &changed(&[&b]), vec![]);
+    assert!(lines(&tx).iter().any(|l| l.ends_with("numgen random mod 2 offset 0 map @endpoints")), "{:?}", lines(&tx));
+}
+
+#[test]
+fn removing_a_service_deletes_its_chain_after_its_elements() {
+    let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
+    let (_, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let tx = partial(&mut applied, &state(&[]), &changed(&[&a]), vec![]);
+    let l = lines(&tx);
+    assert_eq!(l.first().unwrap(), "flush chain ip kube-proxy-rs svc-ns/a/tcp/http");
+    assert_eq!(l.last().unwrap(), "delete chain ip kube-proxy-rs svc-ns/a/tcp/http");
+    assert!(l.contains(&"delete element ip kube-proxy-rs service-ips { 10.96.0.1 . tcp . 80 }".to_string()), "{l:?}");
+    assert!(l.contains(&"delete element ip kube-proxy-rs cluster-ips { 10.96.0.1 }".to_string()), "{l:?}");
+}
+
+#[test]
+fn shared_elements_stay_while_another_port_uses_them() {
+    let mut a = port("a", "10.96.0.1", &["10.244.0.5"]);
+    let mut a_dns = a.clone();
+    a_dns.name.port = "dns".into();
+    a_dns.port = 53;
+    a.name.port = "http".into();
+    let (_, mut applied) = full(&config(), &state(&[a.clone(), a_dns.clone()]), vec![]);
+    let tx = partial(&mut applied, &state(std::slice::from_ref(&a)), &changed(&[&a_dns]), vec![]);
+    let script = text::script(&tx);
+    assert!(!script.contains("cluster-ips"), "the cluster IP is still used by the http port: {script}");
+    assert!(!script.contains("hairpin"), "{script}");
+}
+
+#[test]
+fn unchanged_ports_produce_an_empty_transaction() {
+    let a = port("a", "10.96.0.1", &["10.244.0.5"]);
+    let st = state(std::slice::from_ref(&a));
+    let (_, mut applied) = full(&config(), &st, vec![]);
+    let same = state(&[a.clone()]);
+    assert!(partial(&mut applied, &same, &changed(&[&a]), vec![]).is_empty());
+}
+
+#[test]
+fn node_port_address_changes_are_element_updates() {
+    let (_, mut applied) = full(&config(), &state(&[]), vec!["192.168.50.1".parse().unwrap()]);
+    let tx = partial(&mut applied, &state(&[]), &BTreeSet::new(), vec!["192.168.50.9".parse().unwrap()]);
+    assert_eq!(
+        lines(&tx),
+        [
+            "delete element ip kube-proxy-rs nodeport-ips { 192.168.50.1 }",
+            "add element ip kube-proxy-rs nodeport-ips { 192.168.50.9 }",
+        ]
+    );
+}
+
+#[test]
+fn affinity_timeout_change_recreates_sets_and_rewrites_chains_using_them() {
+    let mut a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
+    a.session_affinity_timeout = Some(100);
+    let (tx, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let script = text::script(&tx);
+    assert!(script.contains("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5/8080 { type ipv4_addr ; flags dynamic,timeout ; timeout 100s ; }"), "{script}");
+    assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http ip saddr @affinity-ns/a/tcp/http/10.244.0.5/8080 goto ep-ns/a/tcp/http/10.244.0.5/8080"), "{script}");
+    assert!(script.contains("numgen random mod 2 offset 0 vmap @endpoint-chains"), "{script}");
+    let mut a2 = a.clone();
+    a2.session_affinity_timeout = Some(200);
+    let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
+    let l = lines(&tx);
+    let pos =
+        |prefix: &str| l.iter().position(|x| x.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in {l:?}"));
+    assert!(
+        pos("flush chain ip kube-proxy-rs svc-") < pos("delete set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5")
+    );
+    assert!(
+        pos("delete set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5")
+            < pos("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5")
+    );
+    assert!(pos("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5") < pos("add rule ip kube-proxy-rs svc-"));
+}

@@ -1,0 +1,444 @@
+//! The shape of kube-proxy-rs's nftables ruleset: a fixed skeleton per family plus, per service port, a few
+//! chains and map elements. Few chains and shared named maps keep the kernel's work small (see
+//! ../shared/notes/kernel-and-tools.md): endpoints are chosen with `numgen random mod N offset B` into one
+//! shared `endpoints` map, so no chain exists per endpoint (except for session affinity).
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::ir::*;
+use crate::core::{EndpointAddr, ServicePort};
+use crate::model::IpFamily;
+
+pub const TABLE: &str = "kube-proxy-rs";
+
+// Named sets and maps of the skeleton.
+pub const CLUSTER_IPS: &str = "cluster-ips";
+pub const NODEPORT_IPS: &str = "nodeport-ips";
+pub const SERVICE_IPS: &str = "service-ips";
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+pub const ENDPOINTS: &str = "endpoints";
+pub const ENDPOINT_CHAINS: &str = "endpoint-chains";
+pub const HAIRPIN: &str = "hairpin";
+
+// Chains of the skeleton.
+const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const MASQUERADING: &str = "masquerading";
+const SERVICES: &str = "services";
+const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+const REJECT_CHAIN: &str = "reject-chain";
+
+/// How traffic from this node's pods is recognised (`--detect-local-mode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalTraffic {
+    /// Not detectable: nothing is masqueraded because of its source.
+    Undetectable,
+    /// Sources inside these CIDRs (ClusterCIDR, or NodeCIDR from the Node's podCIDRs).
+    Cidrs(Vec<IpNet>),
+    /// Packets arriving on this bridge (BridgeInterface).
+    Bridge(String),
+    /// Packets arriving on interfaces with this name prefix (InterfaceNamePrefix).
+    InterfacePrefix(String),
+}
+
+/// Which local addresses accept NodePort traffic (`--nodeport-addresses`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// Every local address (`fib daddr type local`).
+    All,
+    /// Addresses listed in the `nodeport-ips` set, computed from the node.
+    Listed,
+}
+
+/// Everything the ruleset's shape depends on besides the service ports, for one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyConfig {
+    pub family: Family,
+    pub masquerade_mark: u32,
+    pub masquerade_all: bool,
+    pub local: LocalTraffic,
+    pub nodeports: NodePortAddresses,
+}
+
+/// The objects one service port contributes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PortObjects {
+    /// Chains (with their rules) that belong to this port alone.
+    pub chains: Vec<(String, Vec<Rule>)>,
+    /// Dynamic sets (session affinity) that belong to this port alone.
+    pub sets: Vec<SetDef>,
+    /// Elements of the skeleton's maps whose keys belong to this port alone.
+    pub elements: Vec<(&'static str, Element)>,
+    /// Elements other ports may contribute too (a cluster IP, a hairpin pair): reference-counted.
+    pub shared: Vec<(&'static str, Element)>,
+}
+
+/// Allocates a block of indexes in the shared endpoint maps for a chain of `n` endpoints.
+pub trait BlockAllocator {
+    fn block(&mut self, chain: &str, n: u32) -> u32;
+}
+
+impl FamilyConfig {
+    fn mark_masq() -> Stmt {
+        Stmt::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into()))
+    }
+
+    fn nodeport_match(&self) -> Stmt {
+        match self.nodeports {
+            NodePortAddresses::All => {
+                Stmt::Cmp { field: Field::FibDaddrType, value: Value::AddrTypeLocal, negate: false }
+            }
+            NodePortAddresses::Listed => {
+                Stmt::Lookup { key: vec![Field::Daddr], set: NODEPORT_IPS.into(), negate: false }
+            }
+        }
+    }
+
+    /// A statement matching packets that did NOT come from a local pod, if local traffic is detectable.
+    fn not_local(&self) -> Option<Stmt> {
+        match &self.local {
+            LocalTraffic::Undetectable => None,
+            LocalTraffic::Cidrs(nets) if nets.is_empty() => None,
+            LocalTraffic::Cidrs(nets) if nets.len() == 1 => {
+                Some(Stmt::Cmp { field: Field::Saddr, value: Value::Net(nets[0]), negate: true })
+            }
+            LocalTraffic::Cidrs(nets) => Some(Stmt::InNets { field: Field::Saddr, nets: nets.clone(), negate: true }),
+            LocalTraffic::Bridge(name) => {
+                Some(Stmt::Cmp { field: Field::Iifname, value: Value::Iface(name.clone()), negate: true })
+            }
+            LocalTraffic::InterfacePrefix(p) => {
+                Some(Stmt::Cmp { field: Field::Iifname, value: Value::Iface(format!("{p}*")), negate: true })
+            }
+        }
+    }
+
+    /// The positive form of `not_local`.
+    fn is_local(&self) -> Option<Stmt> {
+        self.not_local().map(|s| match s {
+            Stmt::Cmp { field, value, .. } => Stmt::Cmp { field, value, negate: false },
+            Stmt::InNets { field, nets, .. } => Stmt::InNets { field, nets, negate: false },
+            other => other,
+        })
+    }
+
+    /// Sets, maps, chains and rules that exist whatever the services are.
+    pub fn skeleton(&self) -> Vec<Op> {
+        use DataType::{Addr, Index, Port, Proto};
+        let set = |name: &str, key: Vec<DataType>, data: Vec<DataType>| {
+            Op::AddSet(SetDef { name: name.into(), key, data, interval: false, timeout: None })
+        };
+        let mut ops = vec![
+            set(CLUSTER_IPS, vec![Addr], vec![]),
+            set(NODEPORT_IPS, vec![Addr], vec![]),
+            set(SERVICE_IPS, vec![Addr, Proto, Port], vec![DataType::Verdict]),
+            set(SERVICE_NODEPORTS, vec![Proto, Port], vec![DataType::Verdict]),
+            set(NO_ENDPOINT_SERVICES, vec![Addr, Proto, Port], vec![DataType::Verdict]),
+            set(NO_ENDPOINT_NODEPORTS, vec![Proto, Port], vec![DataType::Verdict]),
+            set(ENDPOINTS, vec![Index], vec![Addr, Port]),
+            set(ENDPOINT_CHAINS, vec![Index], vec![DataType::Verdict]),
+            set(HAIRPIN, vec![Addr, Addr], vec![]),
+        ];
+        let mut chain = |name: &str, base: Option<BaseChain>, rules: Vec<Rule>| {
+            ops.push(Op::AddChain { name: name.into(), base });
+            ops.extend(rules.into_iter().map(|rule| Op::AddRule { chain: name.into(), rule }));
+        };
+        let mark = self.masquerade_mark;
+        let jump = |c: &str| Stmt::Verdict(Verdict::Jump(c.into()));
+        chain(MARK_FOR_MASQUERADE, None, vec![vec![Stmt::MarkOr(mark)]]);
+        chain(
+            MASQUERADING,
+            None,
+            vec![
+                // Hairpin: a pod reaching itself through a service must see the node as the source, or its
+                // reply would bypass conntrack's un-DNAT.
+                vec![
+                    Stmt::CtStatusDnat,
+                    Stmt::Lookup { key: vec![Field::Saddr, Field::Daddr], set: HAIRPIN.into(), negate: false },
+                    Stmt::MarkOr(mark),
+                ],
+                vec![Stmt::MarkMatch { mask: mark, value: 0 }, Stmt::Verdict(Verdict::Return)],
+                vec![Stmt::MarkXor(mark)],
+                vec![Stmt::Masquerade],
+            ],
+        );
+        let mut services = Vec::new();
+        let to_cluster_ip = Stmt::Lookup { key: vec![Field::Daddr], set: CLUSTER_IPS.into(), negate: false };
+        if self.masquerade_all {
+            services.push(vec![to_cluster_ip, Self::mark_masq()]);
+        } else if let Some(not_local) = self.not_local() {
+            // Off-cluster clients of a cluster IP may be routed back elsewhere: masquerade them.
+            services.push(vec![to_cluster_ip, not_local, Self::mark_masq()]);
+        }
+        services
+            .push(vec![Stmt::Vmap { key: vec![Field::Daddr, Field::L4Proto, Field::Dport], map: SERVICE_IPS.into() }]);
+        services.push(vec![
+            self.nodeport_match(),
+            Stmt::Vmap { key: vec![Field::L4Proto, Field::Dport], map: SERVICE_NODEPORTS.into() },
+        ]);
+        chain(SERVICES, None, services);
+        chain(
+            SERVICE_ENDPOINTS_CHECK,
+            None,
+            vec![vec![Stmt::Vmap {
+                key: vec![Field::Daddr, Field::L4Proto, Field::Dport],
+                map: NO_ENDPOINT_SERVICES.into(),
+            }]],
+        );
+        chain(
+            NODEPORT_ENDPOINTS_CHECK,
+            None,
+            vec![vec![
+                self.nodeport_match(),
+                Stmt::Vmap { key: vec![Field::L4Proto, Field::Dport], map: NO_ENDPOINT_NODEPORTS.into() },
+            ]],
+        );
+        chain(REJECT_CHAIN, None, vec![vec![Stmt::Reject]]);
+        chain(
+            CLUSTER_IPS_CHECK,
+            None,
+            vec![vec![Stmt::Lookup { key: vec![Field::Daddr], set: CLUSTER_IPS.into(), negate: false }, Stmt::Reject]],
+        );
+        let base = |chain_type, hook, priority| Some(BaseChain { chain_type, hook, priority });
+        let new = |c: &str| vec![Stmt::CtStateNew, jump(c)];
+        chain("nat-prerouting", base(ChainType::Nat, Hook::Prerouting, -100), vec![vec![jump(SERVICES)]]);
+        chain("nat-output", base(ChainType::Nat, Hook::Output, -100), vec![vec![jump(SERVICES)]]);
+        chain("nat-postrouting", base(ChainType::Nat, Hook::Postrouting, 100), vec![vec![jump(MASQUERADING)]]);
+        chain(
+            "filter-input",
+            base(ChainType::Filter, Hook::Input, -110),
+            vec![new(NODEPORT_ENDPOINTS_CHECK), new(SERVICE_ENDPOINTS_CHECK)],
+        );
+        chain(
+            "filter-forward",
+            base(ChainType::Filter, Hook::Forward, -110),
+            vec![new(SERVICE_ENDPOINTS_CHECK), new(CLUSTER_IPS_CHECK)],
+        );
+        chain("filter-output", base(ChainType::Filter, Hook::Output, -110), vec![new(SERVICE_ENDPOINTS_CHECK)]);
+        // After DNAT: anything still addressed to a cluster IP used a port the service does not define.
+        chain("filter-output-post-dnat", base(ChainType::Filter, Hook::Output, -90), vec![new(CLUSTER_IPS_CHECK)]);
+        ops
+    }
+
+    /// Elements of `nodeport-ips` for these addresses.
+    pub fn nodeport_ip_elements(&self, ips: &[IpAddr]) -> Vec<Element> {
+        ips.iter().map(|ip| Element { key: vec![Value::Addr(*ip)], data: None }).collect()
+    }
+
+    /// The chains, sets and elements of one service port.
+    pub fn port_objects(&self, p: &ServicePort, blocks: &mut dyn BlockAllocator) -> PortObjects {
+        debug_assert_eq!(Family::of(p.family), self.family);
+        let mut out = PortObjects::default();
+        let id = port_id(p);
+        let svc_chain = format!("svc-{id}");
+        let local_chain = format!("local-{id}");
+        let ext_chain = format!("ext-{id}");
+        let proto = Value::Proto(p.protocol());
+        let port = Value::Port(p.port);
+        let goto = |c: &str| Some(ElemData::Verdict(Verdict::Goto(c.to_string())));
+        let reject = goto(REJECT_CHAIN);
+        let drop = Some(ElemData::Verdict(Verdict::Drop));
+        let elem = |key: Vec<Value>, data: Option<ElemData>| Element { key, data };
+
+        let cluster_ok = p.uses_cluster_endpoints() && !p.cluster_endpoints.is_empty();
+        let local_ok = p.uses_local_endpoints() && !p.local_endpoints.is_empty();
+        if cluster_ok {
+            self.dispatch_chain(&mut out, &id, &svc_chain, p, &p.cluster_endpoints, blocks);
+        }
+        if local_ok {
+            self.dispatch_chain(&mut out, &id, &local_chain, p, &p.local_endpoints, blocks);
+        }
+        if p.session_affinity_timeout.is_some() {
+            for ep in p.reachable_endpoints() {
+                self.endpoint_chain(&mut out, &id, p, ep);
+            }
+        }
+        for ep in p.reachable_endpoints() {
+            out.shared.push((HAIRPIN, elem(vec![Value::Addr(ep.ip), Value::Addr(ep.ip)], None)));
+        }
+
+        out.shared.push((CLUSTER_IPS, elem(vec![Value::Addr(p.cluster_ip)], None)));
+        let cluster_key = vec![Value::Addr(p.cluster_ip), proto.clone(), port.clone()];
+        let internal =
+            if p.internal_policy_local { local_ok.then_some(&local_chain) } else { cluster_ok.then_some(&svc_chain) };
+        match internal {
+            Some(chain) => out.elements.push((SERVICE_IPS, elem(cluster_key, goto(chain)))),
+            None if !p.has_any_endpoints => {
+                out.elements.push((NO_ENDPOINT_SERVICES, elem(cluster_key, reject.clone())))
+            }
+            None => out.elements.push((NO_ENDPOINT_SERVICES, elem(cluster_key, drop.clone()))),
+        }
+
+        if !p.externally_accessible() {
+            return out;
+        }
+        let external_ips = p.external_ips.iter().chain(&p.load_balancer_ips);
+        let nodeport_key = p.node_port.map(|np| vec![proto.clone(), Value::Port(np)]);
+        if !cluster_ok {
+            // No endpoint anywhere (external traffic always needs the cluster set for short-circuiting).
+            for ip in external_ips {
+                out.elements.push((
+                    NO_ENDPOINT_SERVICES,
+                    elem(vec![Value::Addr(*ip), proto.clone(), port.clone()], reject.clone()),
+                ));
+            }
+            if let Some(key) = nodeport_key {
+                out.elements.push((NO_ENDPOINT_NODEPORTS, elem(key, reject.clone())));
+            }
+            return out;
+        }
+        let mut ext_rules = Vec::new();
+        if p.external_policy_local {
+            // Pods and the node itself may use every endpoint; only traffic from outside must stay local.
+            if let Some(is_local) = self.is_local() {
+                ext_rules.push(vec![is_local, Stmt::Verdict(Verdict::Goto(svc_chain.clone()))]);
+            }
+            let from_node = Stmt::Cmp { field: Field::FibSaddrType, value: Value::AddrTypeLocal, negate: false };
+            ext_rules.push(vec![from_node.clone(), Self::mark_masq()]);
+            ext_rules.push(vec![from_node, Stmt::Verdict(Verdict::Goto(svc_chain.clone()))]);
+            if local_ok {
+                ext_rules.push(vec![Stmt::Verdict(Verdict::Goto(local_chain.clone()))]);
+            }
+        } else {
+            ext_rules.push(vec![Self::mark_masq()]);
+            ext_rules.push(vec![Stmt::Verdict(Verdict::Goto(svc_chain.clone()))]);
+        }
+        out.chains.push((ext_chain.clone(), ext_rules));
+        // With Local policy and no local endpoint, outside traffic falls through the ext chain undNATed and is
+        // dropped by the filter chains.
+        let dropped = p.external_policy_local && !local_ok;
+        for ip in external_ips {
+            let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
+            out.elements.push((SERVICE_IPS, elem(key.clone(), goto(&ext_chain))));
+            if dropped {
+                out.elements.push((NO_ENDPOINT_SERVICES, elem(key, drop.clone())));
+            }
+        }
+        if let Some(key) = nodeport_key {
+            out.elements.push((SERVICE_NODEPORTS, elem(key.clone(), goto(&ext_chain))));
+            if dropped {
+                out.elements.push((NO_ENDPOINT_NODEPORTS, elem(key, drop.clone())));
+            }
+        }
+        out
+    }
+
+    /// A chain that DNATs to one of `endpoints` at random (or, with affinity, to the client's previous choice).
+    fn dispatch_chain(
+        &self,
+        out: &mut PortObjects,
+        id: &str,
+        chain: &str,
+        p: &ServicePort,
+        endpoints: &[EndpointAddr],
+        blocks: &mut dyn BlockAllocator,
+    ) {
+        let n = endpoints.len() as u32;
+        let mut rules = Vec::new();
+        if p.session_affinity_timeout.is_some() {
+            for ep in endpoints {
+                rules.push(vec![
+                    Stmt::Lookup { key: vec![Field::Saddr], set: affinity_set(id, ep), negate: false },
+                    Stmt::Verdict(Verdict::Goto(endpoint_chain(id, ep))),
+                ]);
+            }
+            let offset = blocks.block(chain, n);
+            rules.push(vec![Stmt::Vmap {
+                key: vec![Field::Numgen { modulus: n, offset }],
+                map: ENDPOINT_CHAINS.into(),
+            }]);
+            for (i, ep) in endpoints.iter().enumerate() {
+                out.elements.push((
+                    ENDPOINT_CHAINS,
+                    Element {
+                        key: vec![Value::Index(offset + i as u32)],
+                        data: Some(ElemData::Verdict(Verdict::Goto(endpoint_chain(id, ep)))),
+                    },
+                ));
+            }
+        } else if n == 1 {
+            rules.push(vec![Stmt::Dnat { protocol: p.protocol(), addr: endpoints[0].ip, port: endpoints[0].port }]);
+        } else {
+            let offset = blocks.block(chain, n);
+            rules.push(vec![Stmt::DnatMap {
+                protocol: p.protocol(),
+                key: vec![Field::Numgen { modulus: n, offset }],
+                map: ENDPOINTS.into(),
+            }]);
+            for (i, ep) in endpoints.iter().enumerate() {
+                out.elements.push((
+                    ENDPOINTS,
+                    Element {
+                        key: vec![Value::Index(offset + i as u32)],
+                        data: Some(ElemData::Values(vec![Value::Addr(ep.ip), Value::Port(ep.port)])),
+                    },
+                ));
+            }
+        }
+        out.chains.push((chain.to_string(), rules));
+    }
+
+    /// Session affinity: remember the client in the endpoint's own set, then DNAT to it.
+    fn endpoint_chain(&self, out: &mut PortObjects, id: &str, p: &ServicePort, ep: EndpointAddr) {
+        let set = affinity_set(id, &ep);
+        out.sets.push(SetDef {
+            name: set.clone(),
+            key: vec![DataType::Addr],
+            data: vec![],
+            interval: false,
+            timeout: p.session_affinity_timeout,
+        });
+        out.chains.push((
+            endpoint_chain(id, &ep),
+            vec![
+                vec![Stmt::Update { key: vec![Field::Saddr], set }],
+                vec![Stmt::Dnat { protocol: p.protocol(), addr: ep.ip, port: ep.port }],
+            ],
+        ));
+    }
+}
+
+/// A readable, unique id of a service port for chain names: namespace/name/protocol/port-name.
+pub fn port_id(p: &ServicePort) -> String {
+    let n = &p.name;
+    format!("{}/{}/{}/{}", n.service.namespace, n.service.name, n.protocol, n.port)
+}
+
+fn endpoint_suffix(ep: &EndpointAddr) -> String {
+    // ':' is not allowed in nft identifiers.
+    format!("{}/{}", ep.ip.to_string().replace(':', "-"), ep.port)
+}
+
+fn endpoint_chain(id: &str, ep: &EndpointAddr) -> String {
+    format!("ep-{id}/{}", endpoint_suffix(ep))
+}
+
+fn affinity_set(id: &str, ep: &EndpointAddr) -> String {
+    format!("affinity-{id}/{}", endpoint_suffix(ep))
+}
+
+/// The node port addresses of one family: `primary` picks the first node IP, CIDRs pick every interface
+/// address inside them. Loopback addresses never accept NodePorts in nftables mode (as upstream).
+pub fn nodeport_ips(
+    family: IpFamily,
+    cidrs: Option<&[IpNet]>,
+    primary: Option<IpAddr>,
+    interface_addresses: &[IpAddr],
+) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = match cidrs {
+        None => primary.into_iter().collect(),
+        Some(cidrs) => interface_addresses
+            .iter()
+            .copied()
+            .filter(|a| IpFamily::of(a) == family && cidrs.iter().any(|c| c.contains(a)))
+            .collect(),
+    };
+    ips.retain(|a| !a.is_loopback() && IpFamily::of(a) == family);
+    ips.sort();
+    ips.dedup();
+    ips
+}

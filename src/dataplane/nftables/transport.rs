@@ -1,0 +1,78 @@
+//! How a transaction reaches the kernel. `NftCommand` pipes `nft -f` text (one script = one atomic
+//! transaction); a netlink transport can replace it without changing anything above.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::ir::{Family, Transaction};
+use super::text;
+
+/// Why a transport could not apply a transaction.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The kernel rejected the transaction; nothing of it was applied.
+    #[error("{0}")]
+    Rejected(String),
+    /// The transport itself failed (tool missing, socket error).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Applies transactions to the kernel.
+pub trait Transport: Send {
+    fn name(&self) -> &'static str;
+
+    /// Apply one transaction atomically.
+    fn apply(&mut self, tx: &Transaction) -> Result<(), TransportError>;
+
+    /// Whether our table exists (the cheap check for changes made behind our back).
+    fn table_exists(&mut self, family: Family, table: &str) -> Result<bool, TransportError>;
+}
+
+/// The `nft` command-line tool, fed on standard input.
+#[derive(Debug, Default)]
+pub struct NftCommand;
+
+impl NftCommand {
+    fn run(args: &[&str], stdin: Option<&str>) -> Result<String, TransportError> {
+        let mut child = Command::new("nft")
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| TransportError::Io(format!("cannot run nft: {e}")))?;
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin was piped");
+            // A write error means nft exited early; its stderr says why.
+            let _ = pipe.write_all(input.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|e| TransportError::Io(format!("nft: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let summary: Vec<&str> = err.lines().take(6).collect();
+            Err(TransportError::Rejected(format!("nft {}: {}", args.join(" "), summary.join(" | "))))
+        }
+    }
+}
+
+impl Transport for NftCommand {
+    fn name(&self) -> &'static str {
+        "nft"
+    }
+
+    fn apply(&mut self, tx: &Transaction) -> Result<(), TransportError> {
+        Self::run(&["-f", "-"], Some(&text::script(tx))).map(drop)
+    }
+
+    fn table_exists(&mut self, family: Family, table: &str) -> Result<bool, TransportError> {
+        let fam = match family {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        };
+        let listing = Self::run(&["list", "tables", fam], None)?;
+        Ok(listing.lines().any(|l| l.trim() == format!("table {fam} {table}")))
+    }
+}
