@@ -4,10 +4,14 @@
 //! a `dataplane` per mode programs the kernel → the `runner` paces syncs and feeds `admin` (health, metrics).
 //! `config` parses flags; `lab` builds throwaway network-namespace clusters for the demo and the tests.
 
+pub mod admin;
+pub mod config;
 pub mod core;
 pub mod dataplane;
+pub mod demo;
 pub mod lab;
 pub mod model;
+pub mod runner;
 pub mod sources;
 #[cfg(test)]
 mod testutil;

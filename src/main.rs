@@ -1,1 +1,160 @@
-fn main() {}
+//! The kube-proxy-rs binary: parse flags, wire sources → core → dataplane → runner, serve health and metrics.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use kube_proxy_rs::admin::health::ProxyHealth;
+use kube_proxy_rs::admin::http::{self, AdminState};
+use kube_proxy_rs::admin::metrics::Metrics;
+use kube_proxy_rs::config::flags::Command;
+use kube_proxy_rs::config::{Config, Flags, ProxyMode};
+use kube_proxy_rs::core::ClusterState;
+use kube_proxy_rs::dataplane::Dataplane;
+use kube_proxy_rs::dataplane::nftables::NftablesDataplane;
+use kube_proxy_rs::dataplane::nftables::transport::NftCommand;
+use kube_proxy_rs::lab;
+use kube_proxy_rs::model::IpFamily;
+use kube_proxy_rs::runner::pacer::Pacer;
+use kube_proxy_rs::runner::{Runner, read_interface_addresses};
+use kube_proxy_rs::sources::manifests::ManifestSource;
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if flags.version {
+        println!("kube-proxy-rs v{}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    match &flags.command {
+        Some(Command::EchoServer { args }) => return exit_code(lab::cli::echo_main(args)),
+        Some(Command::Probe { args }) => return exit_code(lab::cli::probe_main(args)),
+        Some(Command::Demo { requests }) => return kube_proxy_rs::demo::main(*requests),
+        None => {}
+    }
+    let config = match Config::from_flags(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kube-proxy-rs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(config.verbosity);
+    if config.cleanup {
+        return cleanup(&config);
+    }
+    if config.mode != ProxyMode::Nftables {
+        eprintln!("kube-proxy-rs: --proxy-mode={}: not built yet; use --proxy-mode=nftables", config.mode.name());
+        return ExitCode::FAILURE;
+    }
+    let Some(dir) = config.manifests.clone() else {
+        eprintln!(
+            "kube-proxy-rs: no source of services: give --manifests DIR (the Kubernetes API source is not built yet)"
+        );
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = ManifestSource::check(&dir) {
+        eprintln!("kube-proxy-rs: --manifests: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    match runtime {
+        Ok(rt) => rt.block_on(run(config, dir)),
+        Err(e) => {
+            eprintln!("kube-proxy-rs: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0..=2 => "info",
+        3..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kube_proxy_rs={level},warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// The IP families this kernel supports.
+fn families() -> Vec<IpFamily> {
+    let mut f = vec![IpFamily::V4];
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        f.push(IpFamily::V6);
+    }
+    f
+}
+
+fn nftables(config: &Config) -> NftablesDataplane {
+    NftablesDataplane::new(config.proxy_settings(), Box::new(NftCommand), &families())
+}
+
+/// `--cleanup`: remove what every mode creates.
+fn cleanup(config: &Config) -> ExitCode {
+    match nftables(config).cleanup() {
+        Ok(()) => {
+            tracing::info!("removed every rule kube-proxy-rs creates");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kube-proxy-rs: cleanup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, dir: std::path::PathBuf) -> ExitCode {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(ProxyHealth::new(2 * config.sync_period));
+    let admin = Arc::new(AdminState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        mode: config.mode.name(),
+        configz: config.to_kube_proxy_configuration(),
+    });
+    if let Some(addr) = config.healthz_bind_address {
+        tokio::spawn(http::serve("healthz", addr, http::health_router(admin.clone())));
+    }
+    if let Some(addr) = config.metrics_bind_address {
+        tokio::spawn(http::serve("metrics", addr, http::metrics_router(admin.clone())));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    tokio::spawn(async move {
+        if let Err(e) = ManifestSource::new(dir).run(tx).await {
+            tracing::error!(error = %e, "manifest source stopped");
+        }
+    });
+    let runner = Runner::new(
+        ClusterState::new(config.node_name()),
+        Box::new(nftables(&config)),
+        Pacer::new(config.min_sync_period, config.sync_period),
+        metrics,
+        health,
+        Box::new(read_interface_addresses),
+    );
+    tracing::info!(mode = config.mode.name(), node = %config.node_name(), "kube-proxy-rs starting");
+    tokio::select! {
+        _ = runner.run(rx, 1) => ExitCode::FAILURE,
+        _ = shutdown_signal() => {
+            // As upstream: the rules stay, so traffic keeps flowing until the next instance takes over.
+            tracing::info!("terminating; rules stay in place");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

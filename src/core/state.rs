@@ -227,7 +227,7 @@ impl ClusterState {
         view.interface_addresses = self.interface_addresses.clone();
         if view.addresses.is_empty() {
             // Without a Node object the node's IPs are its interfaces' (loopback and link-local excluded).
-            view.addresses = self.interface_addresses.iter().copied().filter(|a| is_node_ip_candidate(a)).collect();
+            view.addresses = self.interface_addresses.iter().copied().filter(is_node_ip_candidate).collect();
         }
         if view == self.desired.node {
             return;

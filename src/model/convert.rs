@@ -124,7 +124,7 @@ pub fn service(svc: &core_v1::Service) -> Result<Option<Service>, ConvertError> 
         (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
         _ => return Err(ConvertError::Missing("spec.clusterIP")),
     };
-    if raw_ips.iter().any(|ip| *ip == "None") {
+    if raw_ips.contains(&"None") {
         return Ok(None);
     }
     let mut cluster_ips = Vec::with_capacity(raw_ips.len());

@@ -9,8 +9,9 @@ use super::plan::{full, partial};
 use super::ruleset::{FamilyConfig, LocalTraffic, NodePortAddresses};
 use super::transport::{NftCommand, Transport};
 use crate::core::{EndpointAddr, FamilyState, PortEndpoint, ServicePort, ServicePortName};
+use crate::lab::root_or_skip;
 use crate::model::{IpFamily, Protocol, ServiceKey};
-use crate::testutil::{enter_new_netns, root_or_skip};
+use crate::testutil::enter_new_netns;
 
 fn config(family: Family) -> FamilyConfig {
     let cidr = if family == Family::Ip { "10.244.0.0/16" } else { "fd00:10:244::/64" };

@@ -1,0 +1,5 @@
+//! What the proxy tells the outside world: health, metrics, its mode and configuration.
+
+pub mod health;
+pub mod http;
+pub mod metrics;
