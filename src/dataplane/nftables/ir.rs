@@ -153,8 +153,10 @@ pub enum Stmt {
         addr: IpAddr,
         port: u16,
     },
-    /// `reject` (ICMP port unreachable: a TCP client sees "connection refused").
+    /// `reject`: ICMP port unreachable.
     Reject,
+    /// `reject with tcp reset` (only after a TCP match): refused at once, with no ICMP rate limit in the way.
+    RejectTcpReset,
     /// `update @set { <key> }`: refresh a dynamic set's element (session affinity).
     Update {
         key: Vec<Field>,

@@ -158,7 +158,7 @@ fn unchanged_ports_produce_an_empty_transaction() {
     let a = port("a", "10.96.0.1", &["10.244.0.5"]);
     let st = state(std::slice::from_ref(&a));
     let (_, mut applied) = full(&config(), &st, vec![]);
-    let same = state(&[a.clone()]);
+    let same = state(std::slice::from_ref(&a));
     assert!(partial(&mut applied, &same, &changed(&[&a]), vec![]).is_empty());
 }
 

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::ir::*;
 use crate::core::{EndpointAddr, ServicePort};
-use crate::model::IpFamily;
+use crate::model::{IpFamily, Protocol};
 
 pub const TABLE: &str = "kube-proxy-rs";
 
@@ -197,7 +197,8 @@ impl FamilyConfig {
                 Stmt::Vmap { key: vec![Field::L4Proto, Field::Dport], map: NO_ENDPOINT_NODEPORTS.into() },
             ]],
         );
-        chain(REJECT_CHAIN, None, vec![vec![Stmt::Reject]]);
+        let tcp = Stmt::Cmp { field: Field::L4Proto, value: Value::Proto(Protocol::Tcp), negate: false };
+        chain(REJECT_CHAIN, None, vec![vec![tcp, Stmt::RejectTcpReset], vec![Stmt::Reject]]);
         chain(
             CLUSTER_IPS_CHECK,
             None,

@@ -86,6 +86,7 @@ fn stmt(f: Family, s: &Stmt) -> String {
             format!("meta l4proto {} dnat {} to {to}", protocol.name(), family_kw(f))
         }
         Stmt::Reject => "reject".into(),
+        Stmt::RejectTcpReset => "reject with tcp reset".into(),
         Stmt::Update { key: k, set } => format!("update @{set} {{ {} }}", key(f, k)),
         Stmt::Verdict(v) => verdict(v),
     }
@@ -113,7 +114,7 @@ fn set_spec(f: Family, s: &SetDef) -> String {
         // numgen yields a plain integer, which nft only accepts as a key through `typeof`.
         let data = match s.data.as_slice() {
             [DataType::Verdict] => "verdict".to_string(),
-            [DataType::Addr, DataType::Port] => format!("{} daddr . tcp dport", family_kw(f)),
+            [DataType::Addr, DataType::Port] => format!("{} daddr . th dport", family_kw(f)),
             other => unreachable!("unsupported index map data {other:?}"),
         };
         let _ = write!(out, "typeof numgen random mod 1 : {data} ; ");

@@ -1,0 +1,276 @@
+//! The real-kernel harness: a lab cluster in network namespaces, the real binary running in the node
+//! namespace against a manifest directory, and real traffic. Every scenario takes the proxy mode as a
+//! parameter, so each mode runs the same scenarios.
+
+#![allow(dead_code)]
+
+pub mod scenarios;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use kube_proxy_rs::lab::http::{self, HttpResponse};
+use kube_proxy_rs::lab::manifests::to_yaml;
+use kube_proxy_rs::lab::{ClusterLab, LabSpec, ProbeResult, ProbeSpec, Where};
+use kube_proxy_rs::model::IpFamily;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kube-proxy-rs");
+pub const NODE: &str = "node-a";
+pub const METRICS_ADDR: &str = "127.0.0.1:10249";
+pub const HEALTHZ_ADDR: &str = "127.0.0.1:10256";
+pub const ECHO_PORT: u16 = 8080;
+
+/// A proxy mode under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Nftables,
+}
+
+impl Mode {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Mode::Nftables => "--proxy-mode=nftables",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Nftables => "nftables",
+        }
+    }
+}
+
+/// A lab cluster with the proxy.
+pub struct Cluster {
+    pub lab: ClusterLab,
+    pub mode: Mode,
+    pub dir: PathBuf,
+    proxy: Option<Child>,
+    extra_args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_proxy();
+        if std::thread::panicking() {
+            if let Ok(log) = std::fs::read_to_string(&self.log) {
+                eprintln!("---- proxy log ----\n{log}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Cluster {
+    /// Pods are (name, node); every pod runs an echo server on port 8080 (TCP and UDP).
+    pub fn new(mode: Mode, pods: &[(&str, &str)]) -> Cluster {
+        let mut spec = LabSpec::new(BIN);
+        spec.node_name = NODE.into();
+        for (name, node) in pods {
+            spec = spec.pod_on(name, node);
+        }
+        let mut lab = ClusterLab::build(&spec).expect("lab");
+        for (name, _) in pods {
+            lab.start_echo(name, ECHO_PORT).expect("echo server");
+        }
+        let dir = std::env::temp_dir().join(kube_proxy_rs::lab::unique_name("kpr-manifests-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("proxy.log");
+        Cluster { lab, mode, dir, proxy: None, extra_args: Vec::new(), log }
+    }
+
+    /// Flags added to every start of the proxy.
+    pub fn with_args(mut self, args: &[&str]) -> Cluster {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Write a manifest file atomically (write + rename).
+    pub fn write(&self, file: &str, docs: &[String]) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, docs.join("---\n")).unwrap();
+        std::fs::rename(&tmp, self.dir.join(file)).unwrap();
+    }
+
+    pub fn write_raw(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.join(file), text).unwrap();
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.dir.join(file)).unwrap();
+    }
+
+    /// Write this node's Node object (InternalIPs of the lab node, pod CIDR, labels).
+    pub fn write_node(&self, labels: &[(&str, &str)]) {
+        let node = kube_proxy_rs::lab::manifests::node(
+            NODE,
+            &[self.lab.node_ip(IpFamily::V4), self.lab.node_ip(IpFamily::V6)],
+            &["10.244.0.0/24", "fd00:10:244::/64"],
+            labels,
+        );
+        self.write("node.yaml", &[to_yaml(&node)]);
+    }
+
+    fn proxy_command(&self, args: &[String]) -> Command {
+        let mut argv = vec![
+            BIN.to_string(),
+            self.mode.flag().to_string(),
+            "--manifests".into(),
+            self.dir.to_string_lossy().into_owned(),
+            "--hostname-override".into(),
+            NODE.into(),
+            "--cluster-cidr=10.244.0.0/16,fd00:10:244::/64".into(),
+            format!("--metrics-bind-address={METRICS_ADDR}"),
+            format!("--healthz-bind-address={HEALTHZ_ADDR}"),
+            "--iptables-min-sync-period=0s".into(),
+            "--v=4".into(),
+        ];
+        argv.extend(self.extra_args.iter().cloned());
+        argv.extend(args.iter().cloned());
+        self.lab.netns(&Where::Node).unwrap().command(&argv)
+    }
+
+    /// Start the proxy and wait until it has synced once.
+    pub fn start_proxy(&mut self) {
+        assert!(self.proxy.is_none(), "proxy already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = self.proxy_command(&[]);
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.proxy = Some(cmd.spawn().expect("start proxy"));
+        self.wait_synced_after(None);
+    }
+
+    /// Stop the proxy with SIGTERM (as the kubelet does) and wait for it to exit.
+    pub fn stop_proxy(&mut self) -> std::process::ExitStatus {
+        let mut child = self.proxy.take().expect("proxy running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // `ip netns exec` execs the binary, so the child's pid is the proxy's.
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        child.wait().unwrap()
+    }
+
+    fn kill_proxy(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    pub fn proxy_running(&mut self) -> bool {
+        self.proxy.as_mut().is_some_and(|p| p.try_wait().unwrap().is_none())
+    }
+
+    /// Run the binary once in the node namespace (for --cleanup and friends).
+    pub fn run_binary(&self, args: &[&str]) -> std::process::Output {
+        let mut argv = vec![BIN];
+        argv.extend_from_slice(args);
+        self.lab.exec(&Where::Node, &argv).unwrap()
+    }
+
+    pub fn node_exec(&self, argv: &[&str]) -> String {
+        let out = self.lab.exec(&Where::Node, argv).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn get(&self, addr: &str, path: &str) -> HttpResponse {
+        http::get(self.lab.netns(&Where::Node).unwrap(), addr.parse().unwrap(), path).expect("http get")
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get(METRICS_ADDR, "/metrics").body
+    }
+
+    /// A metric's value (first sample whose line starts with `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    }
+
+    fn last_sync(&self) -> Option<f64> {
+        let text = http::get(self.lab.netns(&Where::Node).ok()?, METRICS_ADDR.parse().ok()?, "/metrics").ok()?.body;
+        let line = text.lines().find(|l| l.starts_with("kubeproxy_sync_proxy_rules_last_timestamp_seconds "))?;
+        line.rsplit(' ').next()?.parse().ok()
+    }
+
+    /// Wait until the proxy has completed a sync that started after `since` (`None`: any sync).
+    pub fn wait_synced_after(&mut self, since: Option<SystemTime>) {
+        let since = since.map_or(0.0, |t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            assert!(
+                self.proxy_running(),
+                "proxy exited; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            if self.last_sync().is_some_and(|t| t > since) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("proxy did not sync within 20 s");
+    }
+
+    pub fn probe(&self, from: &Where, spec: &ProbeSpec) -> Vec<ProbeResult> {
+        self.lab.probe(from, spec).expect("probe")
+    }
+
+    /// Probe until `accept` holds for the results or `limit` passes; returns the last results and the time.
+    pub fn probe_until(
+        &self,
+        from: &Where,
+        spec: &ProbeSpec,
+        limit: Duration,
+        accept: impl Fn(&[ProbeResult]) -> bool,
+    ) -> (Vec<ProbeResult>, Duration) {
+        let start = Instant::now();
+        loop {
+            let r = self.probe(from, spec);
+            if accept(&r) || start.elapsed() > limit {
+                return (r, start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pod_ip(&self, pod: &str, family: IpFamily) -> IpAddr {
+        self.lab.pod(pod).addr(family)
+    }
+}
+
+/// Which pods answered, and how often.
+pub fn answered_by(results: &[ProbeResult]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in results {
+        if let Some(p) = r.pod() {
+            *m.entry(p.to_string()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Every result answered; returns the set of (pod, seen source IP).
+pub fn all_answered(results: &[ProbeResult]) -> Vec<(String, IpAddr)> {
+    results
+        .iter()
+        .map(|r| match r {
+            ProbeResult::Answered { pod, seen } => (pod.clone(), seen.ip()),
+            other => panic!("expected an answer, got {other:?} in {results:?}"),
+        })
+        .collect()
+}
+
+pub fn sock(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+pub fn v4(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}

@@ -1,0 +1,34 @@
+//! Every real-kernel scenario, in nftables mode. Needs root (skips with a reason otherwise; never under CI=true).
+
+mod common;
+
+use common::Mode;
+
+macro_rules! scenarios {
+    ($mode:expr, $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                if kube_proxy_rs::lab::root_or_skip(stringify!($name)) {
+                    common::scenarios::$name($mode);
+                }
+            }
+        )*
+    };
+}
+
+scenarios!(
+    Mode::Nftables,
+    cluster_ip_from_the_node,
+    cluster_ip_from_a_pod_is_balanced_and_keeps_the_source,
+    hairpin_is_masqueraded,
+    node_port_from_outside_is_masqueraded,
+    external_and_load_balancer_ips_from_outside,
+    undefined_port_is_not_forwarded,
+    no_endpoints_is_refused_at_once,
+    removed_endpoint_gets_no_traffic_within_2s,
+    broken_manifests_change_nothing_for_good_ones,
+    health_and_metrics_answer_like_upstream,
+    sigterm_keeps_rules_and_cleanup_removes_everything,
+    restart_keeps_connections_and_service,
+);
