@@ -176,6 +176,9 @@ pub enum DataType {
     Port,
     /// The integer numgen produces (declared with `typeof numgen ...`).
     Index,
+    /// A port of one protocol: inet_service, declared as `typeof <proto> dport` in index maps, because nft
+    /// checks a DNAT rule's protocol against the map's declared one.
+    L4Port(Protocol),
     Verdict,
 }
 

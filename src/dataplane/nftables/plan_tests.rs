@@ -75,9 +75,9 @@ fn full_sync_replaces_the_table_atomically_and_contains_each_service() {
     let l = lines(&tx);
     assert_eq!(&l[..3], ["add table ip kube-proxy-rs", "delete table ip kube-proxy-rs", "add table ip kube-proxy-rs"]);
     let script = l.join("\n");
-    assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints"), "{script}");
+    assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints-tcp"), "{script}");
     assert!(
-        script.contains("add element ip kube-proxy-rs endpoints { 0 : 10.244.0.5 . 8080, 1 : 10.244.0.6 . 8080 }"),
+        script.contains("add element ip kube-proxy-rs endpoints-tcp { 0 : 10.244.0.5 . 8080, 1 : 10.244.0.6 . 8080 }"),
         "{script}"
     );
     assert!(script.contains("10.96.0.1 . tcp . 80 : goto svc-ns/a/tcp/http"), "{script}");
@@ -99,9 +99,9 @@ fn endpoint_change_within_capacity_only_rewrites_map_elements() {
     assert_eq!(
         lines(&tx),
         [
-            "delete element ip kube-proxy-rs endpoints { 1 }",
+            "delete element ip kube-proxy-rs endpoints-tcp { 1 }",
             "delete element ip kube-proxy-rs hairpin { 10.244.0.6 . 10.244.0.6 }",
-            "add element ip kube-proxy-rs endpoints { 1 : 10.244.0.7 . 8080 }",
+            "add element ip kube-proxy-rs endpoints-tcp { 1 : 10.244.0.7 . 8080 }",
             "add element ip kube-proxy-rs hairpin { 10.244.0.7 . 10.244.0.7 }",
         ]
     );
@@ -115,16 +115,20 @@ fn growing_past_capacity_moves_to_a_new_block_and_rewrites_the_chain() {
     let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
     let l = lines(&tx);
     assert_eq!(l[0], "flush chain ip kube-proxy-rs svc-ns/a/tcp/http");
-    assert!(l[1].ends_with("numgen random mod 3 offset 2 map @endpoints"), "{l:?}");
-    assert!(l.contains(&"delete element ip kube-proxy-rs endpoints { 0, 1 }".to_string()), "{l:?}");
+    assert!(l[1].ends_with("numgen random mod 3 offset 2 map @endpoints-tcp"), "{l:?}");
+    assert!(l.contains(&"delete element ip kube-proxy-rs endpoints-tcp { 0, 1 }".to_string()), "{l:?}");
     assert!(
-        l.iter().any(|x| x.starts_with("add element ip kube-proxy-rs endpoints { 2 : 10.244.0.5 . 8080, 3 :")),
+        l.iter().any(|x| x.starts_with("add element ip kube-proxy-rs endpoints-tcp { 2 : 10.244.0.5 . 8080, 3 :")),
         "{l:?}"
     );
     // The old block is free again: a new port of capacity 2 reuses it.
     let b = port("b", "10.96.0.2", &["10.244.1.1", "10.244.1.2"]);
     let tx = partial(&mut applied, &state(&[a2, b.clone()]), &changed(&[&b]), vec![]);
-    assert!(lines(&tx).iter().any(|l| l.ends_with("numgen random mod 2 offset 0 map @endpoints")), "{:?}", lines(&tx));
+    assert!(
+        lines(&tx).iter().any(|l| l.ends_with("numgen random mod 2 offset 0 map @endpoints-tcp")),
+        "{:?}",
+        lines(&tx)
+    );
 }
 
 #[test]

@@ -20,7 +20,14 @@ pub const SERVICE_IPS: &str = "service-ips";
 pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-pub const ENDPOINTS: &str = "endpoints";
+/// Endpoint maps, one per protocol (nft type-checks a DNAT's protocol against the map's).
+pub fn endpoints_map(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "endpoints-tcp",
+        Protocol::Udp => "endpoints-udp",
+        Protocol::Sctp => "endpoints-sctp",
+    }
+}
 pub const ENDPOINT_CHAINS: &str = "endpoint-chains";
 pub const HAIRPIN: &str = "hairpin";
 
@@ -139,7 +146,9 @@ impl FamilyConfig {
             set(SERVICE_NODEPORTS, vec![Proto, Port], vec![DataType::Verdict]),
             set(NO_ENDPOINT_SERVICES, vec![Addr, Proto, Port], vec![DataType::Verdict]),
             set(NO_ENDPOINT_NODEPORTS, vec![Proto, Port], vec![DataType::Verdict]),
-            set(ENDPOINTS, vec![Index], vec![Addr, Port]),
+            set(endpoints_map(Protocol::Tcp), vec![Index], vec![Addr, DataType::L4Port(Protocol::Tcp)]),
+            set(endpoints_map(Protocol::Udp), vec![Index], vec![Addr, DataType::L4Port(Protocol::Udp)]),
+            set(endpoints_map(Protocol::Sctp), vec![Index], vec![Addr, DataType::L4Port(Protocol::Sctp)]),
             set(ENDPOINT_CHAINS, vec![Index], vec![DataType::Verdict]),
             set(HAIRPIN, vec![Addr, Addr], vec![]),
         ];
@@ -368,11 +377,11 @@ impl FamilyConfig {
             rules.push(vec![Stmt::DnatMap {
                 protocol: p.protocol(),
                 key: vec![Field::Numgen { modulus: n, offset }],
-                map: ENDPOINTS.into(),
+                map: endpoints_map(p.protocol()).into(),
             }]);
             for (i, ep) in endpoints.iter().enumerate() {
                 out.elements.push((
-                    ENDPOINTS,
+                    endpoints_map(p.protocol()),
                     Element {
                         key: vec![Value::Index(offset + i as u32)],
                         data: Some(ElemData::Values(vec![Value::Addr(ep.ip), Value::Port(ep.port)])),

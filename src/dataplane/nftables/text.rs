@@ -102,7 +102,7 @@ fn data_type(f: Family, t: DataType) -> &'static str {
         (DataType::Addr, Family::Ip) => "ipv4_addr",
         (DataType::Addr, Family::Ip6) => "ipv6_addr",
         (DataType::Proto, _) => "inet_proto",
-        (DataType::Port, _) => "inet_service",
+        (DataType::Port | DataType::L4Port(_), _) => "inet_service",
         (DataType::Index, _) => "integer",
         (DataType::Verdict, _) => "verdict",
     }
@@ -114,7 +114,7 @@ fn set_spec(f: Family, s: &SetDef) -> String {
         // numgen yields a plain integer, which nft only accepts as a key through `typeof`.
         let data = match s.data.as_slice() {
             [DataType::Verdict] => "verdict".to_string(),
-            [DataType::Addr, DataType::Port] => format!("{} daddr . th dport", family_kw(f)),
+            [DataType::Addr, DataType::L4Port(p)] => format!("{} daddr . {} dport", family_kw(f), p.name()),
             other => unreachable!("unsupported index map data {other:?}"),
         };
         let _ = write!(out, "typeof numgen random mod 1 : {data} ; ");
