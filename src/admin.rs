@@ -3,3 +3,4 @@
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod service_health;

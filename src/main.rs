@@ -7,6 +7,7 @@ use clap::Parser;
 use kube_proxy_rs::admin::health::ProxyHealth;
 use kube_proxy_rs::admin::http::{self, AdminState};
 use kube_proxy_rs::admin::metrics::Metrics;
+use kube_proxy_rs::admin::service_health::ServiceHealthServers;
 use kube_proxy_rs::config::flags::Command;
 use kube_proxy_rs::config::{Config, Flags, ProxyMode};
 use kube_proxy_rs::core::ClusterState;
@@ -16,7 +17,7 @@ use kube_proxy_rs::dataplane::nftables::transport::NftCommand;
 use kube_proxy_rs::lab;
 use kube_proxy_rs::model::IpFamily;
 use kube_proxy_rs::runner::pacer::Pacer;
-use kube_proxy_rs::runner::{Runner, read_interface_addresses};
+use kube_proxy_rs::runner::{HealthCheckPorts, Runner, read_interface_addresses};
 use kube_proxy_rs::sources::manifests::ManifestSource;
 
 fn main() -> ExitCode {
@@ -139,8 +140,12 @@ async fn run(config: Config, dir: std::path::PathBuf) -> ExitCode {
         Box::new(nftables(&config)),
         Pacer::new(config.min_sync_period, config.sync_period),
         metrics,
-        health,
         Box::new(read_interface_addresses),
+        HealthCheckPorts {
+            servers: ServiceHealthServers::new(health),
+            nodeport_addresses: config.proxy_settings().nodeport_addresses,
+            default_is_primary: config.mode == ProxyMode::Nftables,
+        },
     );
     tracing::info!(mode = config.mode.name(), node = %config.node_name(), "kube-proxy-rs starting");
     tokio::select! {

@@ -12,7 +12,9 @@ use tokio::time::sleep_until;
 
 use crate::admin::health::ProxyHealth;
 use crate::admin::metrics::Metrics;
+use crate::admin::service_health::{self, ServiceHealthServers};
 use crate::core::{Changes, ClusterState};
+use crate::dataplane::settings::NodePortAddresses;
 use crate::dataplane::{Dataplane, SyncKind};
 use crate::model::IpFamily;
 use crate::sources::SourceEvent;
@@ -21,6 +23,14 @@ use pacer::{Pacer, Reason};
 /// Reads the addresses on this host's interfaces (the node IPs when no Node object names them).
 pub type InterfaceAddresses = Box<dyn FnMut() -> Vec<IpAddr> + Send>;
 
+/// Where health-check node ports listen: the NodePort addresses, as upstream.
+pub struct HealthCheckPorts {
+    pub servers: ServiceHealthServers,
+    pub nodeport_addresses: NodePortAddresses,
+    /// The mode's `--nodeport-addresses` default is `primary` (nftables) rather than every address.
+    pub default_is_primary: bool,
+}
+
 pub struct Runner {
     pub state: ClusterState,
     pub dataplane: Box<dyn Dataplane>,
@@ -28,10 +38,15 @@ pub struct Runner {
     pub metrics: Arc<Metrics>,
     pub health: Arc<ProxyHealth>,
     pub interface_addresses: InterfaceAddresses,
+    pub health_checks: HealthCheckPorts,
     /// Changes of a failed sync, kept for the retry.
     leftover: Option<Changes>,
     full_next: bool,
+    last_full: Option<Instant>,
 }
+
+/// Even with nothing wrong, rewrite everything this often (as upstream), in case of drift the cheap checks miss.
+const FULL_SYNC_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Runner {
     pub fn new(
@@ -39,10 +54,22 @@ impl Runner {
         dataplane: Box<dyn Dataplane>,
         pacer: Pacer,
         metrics: Arc<Metrics>,
-        health: Arc<ProxyHealth>,
         interface_addresses: InterfaceAddresses,
+        health_checks: HealthCheckPorts,
     ) -> Self {
-        Runner { state, dataplane, pacer, metrics, health, interface_addresses, leftover: None, full_next: true }
+        let health = health_checks.servers.proxy_health();
+        Runner {
+            state,
+            dataplane,
+            pacer,
+            metrics,
+            health,
+            interface_addresses,
+            health_checks,
+            leftover: None,
+            full_next: true,
+            last_full: None,
+        }
     }
 
     fn apply(&mut self, event: SourceEvent) -> bool {
@@ -110,7 +137,7 @@ impl Runner {
             changes = earlier;
         }
         self.health.set_node_eligible(!self.state.desired().node.being_deleted);
-        let full = self.full_next;
+        let full = self.full_next || self.last_full.is_none_or(|t| t.elapsed() > FULL_SYNC_PERIOD);
         let result = tokio::task::block_in_place(|| self.dataplane.sync(self.state.desired(), &changes, full));
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics.sync_duration.observe(elapsed);
@@ -119,7 +146,10 @@ impl Runner {
         match result {
             Ok(kind) => {
                 match kind {
-                    SyncKind::Full => self.metrics.sync_full_duration.observe(elapsed),
+                    SyncKind::Full => {
+                        self.metrics.sync_full_duration.observe(elapsed);
+                        self.last_full = Some(started);
+                    }
                     SyncKind::Partial => self.metrics.sync_partial_duration.observe(elapsed),
                     SyncKind::Nothing => {}
                 }
@@ -137,6 +167,7 @@ impl Runner {
                     }
                 }
                 self.count_no_local_endpoints();
+                self.sync_health_checks();
                 self.pacer.finished(started, true);
             }
             Err(e) => {
@@ -149,6 +180,17 @@ impl Runner {
                 self.pacer.finished(started, false);
             }
         }
+    }
+
+    fn sync_health_checks(&mut self) {
+        let desired = self.state.desired();
+        let hc = &mut self.health_checks;
+        let addresses: Vec<IpAddr> = IpFamily::ALL
+            .iter()
+            .filter_map(|f| hc.nodeport_addresses.addresses(*f, &desired.node, hc.default_is_primary))
+            .flatten()
+            .collect();
+        hc.servers.sync(&service_health::wanted(desired), &addresses);
     }
 
     fn count_no_local_endpoints(&self) {

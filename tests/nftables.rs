@@ -5,12 +5,12 @@ mod common;
 use common::Mode;
 
 macro_rules! scenarios {
-    ($mode:expr, $($name:ident),* $(,)?) => {
+    ($mode:expr, $module:ident: $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
                 if kube_proxy_rs::lab::root_or_skip(stringify!($name)) {
-                    common::scenarios::$name($mode);
+                    common::$module::$name($mode);
                 }
             }
         )*
@@ -18,7 +18,7 @@ macro_rules! scenarios {
 }
 
 scenarios!(
-    Mode::Nftables,
+    Mode::Nftables, scenarios:
     cluster_ip_from_the_node,
     cluster_ip_from_a_pod_is_balanced_and_keeps_the_source,
     hairpin_is_masqueraded,
@@ -31,4 +31,16 @@ scenarios!(
     health_and_metrics_answer_like_upstream,
     sigterm_keeps_rules_and_cleanup_removes_everything,
     restart_keeps_connections_and_service,
+);
+
+scenarios!(
+    Mode::Nftables, policies:
+    session_affinity_sticks_and_releases,
+    external_policy_local,
+    internal_policy_local,
+    terminating_endpoints_are_the_fallback,
+    topology_hints_follow_the_node_zone,
+    load_balancer_source_ranges,
+    node_port_addresses,
+    detect_local_modes,
 );

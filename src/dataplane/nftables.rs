@@ -13,7 +13,7 @@ use self::ir::{Family, Op, Transaction};
 use self::plan::Applied;
 use self::ruleset::{FamilyConfig, LocalTraffic, NodePortAddresses as RuleNodePorts, TABLE};
 use self::transport::Transport;
-use super::settings::{LocalDetection, NodePortAddresses, ProxySettings};
+use super::settings::{LocalDetection, ProxySettings};
 use super::{Dataplane, DataplaneError, SyncKind};
 use crate::core::{Changes, DesiredState, NodeView};
 use crate::model::IpFamily;
@@ -52,15 +52,13 @@ impl NftablesDataplane {
             masquerade_all: self.settings.masquerade_all,
             local,
             nodeports: RuleNodePorts::Listed,
+            node_ips: node.addresses_of(family).collect(),
         }
     }
 
     fn nodeport_ips(&self, family: IpFamily, node: &NodeView) -> Vec<std::net::IpAddr> {
-        let cidrs = match &self.settings.nodeport_addresses {
-            NodePortAddresses::Default | NodePortAddresses::Primary => None,
-            NodePortAddresses::Cidrs(c) => Some(c.as_slice()),
-        };
-        ruleset::nodeport_ips(family, cidrs, node.primary_address(family), &node.interface_addresses)
+        // nftables mode's default is `primary`, as upstream's.
+        self.settings.nodeport_addresses.addresses(family, node, true).unwrap_or_default()
     }
 }
 

@@ -1,6 +1,11 @@
 //! Settings every mode shares, resolved from flags and config.
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
+
+use crate::core::NodeView;
+use crate::model::IpFamily;
 
 /// `--detect-local-mode` and its companions: how traffic from this node's pods is recognised.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,5 +44,59 @@ pub struct ProxySettings {
 impl ProxySettings {
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit
+    }
+}
+
+impl NodePortAddresses {
+    /// The node addresses of `family` that accept NodePorts (and serve health-check node ports). `None` means
+    /// every local address; a mode whose default is `primary` passes `default_is_primary`. Loopback addresses
+    /// are never included.
+    pub fn addresses(&self, family: IpFamily, node: &NodeView, default_is_primary: bool) -> Option<Vec<IpAddr>> {
+        let mut ips: Vec<IpAddr> = match self {
+            NodePortAddresses::Default if !default_is_primary => return None,
+            NodePortAddresses::Default | NodePortAddresses::Primary => {
+                node.primary_address(family).into_iter().collect()
+            }
+            NodePortAddresses::Cidrs(cidrs) => node
+                .interface_addresses
+                .iter()
+                .copied()
+                .filter(|a| IpFamily::of(a) == family && cidrs.iter().any(|c| c.contains(a)))
+                .collect(),
+        };
+        ips.retain(|a| !a.is_loopback() && IpFamily::of(a) == family);
+        ips.sort();
+        ips.dedup();
+        Some(ips)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeView {
+        NodeView {
+            addresses: vec!["192.168.1.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            interface_addresses: ["127.0.0.1", "192.168.1.5", "10.0.0.9", "fd00::5"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect(),
+            ..NodeView::default()
+        }
+    }
+
+    #[test]
+    fn primary_is_the_first_node_ip_and_cidrs_select_interface_addresses() {
+        let n = node();
+        let v4 = |s: &NodePortAddresses, p| {
+            s.addresses(IpFamily::V4, &n, p).map(|v| v.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(v4(&NodePortAddresses::Default, false), None);
+        assert_eq!(v4(&NodePortAddresses::Default, true), Some(vec!["192.168.1.5".to_string()]));
+        assert_eq!(v4(&NodePortAddresses::Primary, false), Some(vec!["192.168.1.5".to_string()]));
+        let cidrs = NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(v4(&cidrs, true), Some(vec!["10.0.0.9".to_string()]), "loopback never accepts NodePorts");
+        assert_eq!(NodePortAddresses::Primary.addresses(IpFamily::V6, &n, true).unwrap().len(), 1);
     }
 }

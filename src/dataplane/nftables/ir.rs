@@ -214,14 +214,28 @@ pub struct Element {
 pub enum Op {
     AddTable,
     DeleteTable,
-    AddChain { name: String, base: Option<BaseChain> },
+    /// Remove another table of the same family if it exists (upstream kube-proxy's, on takeover).
+    RemoveOtherTable(String),
+    AddChain {
+        name: String,
+        base: Option<BaseChain>,
+    },
     FlushChain(String),
     DeleteChain(String),
     AddSet(SetDef),
     DeleteSet(String),
-    AddElements { set: String, elements: Vec<Element> },
-    DeleteElements { set: String, keys: Vec<Vec<Value>> },
-    AddRule { chain: String, rule: Rule },
+    AddElements {
+        set: String,
+        elements: Vec<Element>,
+    },
+    DeleteElements {
+        set: String,
+        keys: Vec<Vec<Value>>,
+    },
+    AddRule {
+        chain: String,
+        rule: Rule,
+    },
 }
 
 /// Everything one table must change, applied atomically.

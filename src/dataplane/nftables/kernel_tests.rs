@@ -21,6 +21,7 @@ fn config(family: Family) -> FamilyConfig {
         masquerade_all: false,
         local: LocalTraffic::Cidrs(vec![cidr.parse().unwrap()]),
         nodeports: NodePortAddresses::Listed,
+        node_ips: vec![],
     }
 }
 
@@ -76,11 +77,16 @@ fn every_shape(family: IpFamily) -> Vec<ServicePort> {
     local.external_policy_local = true;
     let mut itp = port(family, "itp", 7, 2);
     itp.internal_policy_local = true;
+    let mut firewalled = port(family, "firewalled", 9, 2);
+    firewalled.load_balancer_ips =
+        vec![if family == IpFamily::V4 { "198.51.100.9" } else { "2001:db8:100::9" }.parse().unwrap()];
+    firewalled.load_balancer_source_ranges =
+        vec![if family == IpFamily::V4 { "192.0.2.0/24" } else { "2001:db8:2::/64" }.parse().unwrap()];
     let mut local_none = port(family, "localnone", 8, 2);
     local_none.node_port = Some(30082);
     local_none.external_policy_local = true;
     local_none.local_endpoints.clear();
-    vec![plain, single, none, affinity, nodeport, local, itp, local_none]
+    vec![plain, single, none, affinity, nodeport, local, itp, local_none, firewalled]
 }
 
 fn state(ports: &[ServicePort]) -> FamilyState {

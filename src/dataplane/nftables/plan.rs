@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::ir::*;
-use super::ruleset::{BlockAllocator, FamilyConfig, NODEPORT_IPS, PortObjects, TABLE};
+use super::ruleset::{BlockAllocator, FamilyConfig, NODEPORT_IPS, PortObjects, TABLE, UPSTREAM_TABLE};
 use crate::core::{FamilyState, ServicePort, ServicePortName};
 
 /// A block of indexes in the shared endpoint maps, sized to a power of two so small changes fit in place.
@@ -101,6 +101,8 @@ fn render(config: &FamilyConfig, port: &ServicePort, blocks: &mut PortBlocks) ->
 /// connections are untouched.
 pub fn full(config: &FamilyConfig, desired: &FamilyState, nodeport_ips: Vec<IpAddr>) -> (Transaction, Applied) {
     let mut tx = Transaction::new(config.family, TABLE);
+    // Upstream's table goes in the same transaction that installs ours: no moment with both or neither.
+    tx.ops.push(Op::RemoveOtherTable(UPSTREAM_TABLE.into()));
     tx.ops.extend([Op::AddTable, Op::DeleteTable, Op::AddTable]);
     tx.ops.extend(config.skeleton());
     let mut applied = Applied {

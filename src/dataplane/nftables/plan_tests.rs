@@ -14,6 +14,7 @@ fn config() -> FamilyConfig {
         masquerade_all: false,
         local: LocalTraffic::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
         nodeports: super::super::ruleset::NodePortAddresses::Listed,
+        node_ips: vec![],
     }
 }
 
@@ -73,7 +74,16 @@ fn full_sync_replaces_the_table_atomically_and_contains_each_service() {
     let b = port("b", "10.96.0.2", &[]);
     let (tx, _) = full(&config(), &state(&[a, b]), vec!["192.168.50.1".parse().unwrap()]);
     let l = lines(&tx);
-    assert_eq!(&l[..3], ["add table ip kube-proxy-rs", "delete table ip kube-proxy-rs", "add table ip kube-proxy-rs"]);
+    assert_eq!(
+        &l[..5],
+        [
+            "add table ip kube-proxy",
+            "delete table ip kube-proxy",
+            "add table ip kube-proxy-rs",
+            "delete table ip kube-proxy-rs",
+            "add table ip kube-proxy-rs"
+        ]
+    );
     let script = l.join("\n");
     assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints-tcp"), "{script}");
     assert!(

@@ -9,9 +9,11 @@ use ipnet::IpNet;
 
 use super::ir::*;
 use crate::core::{EndpointAddr, ServicePort};
-use crate::model::{IpFamily, Protocol};
+use crate::model::Protocol;
 
 pub const TABLE: &str = "kube-proxy-rs";
+/// Upstream kube-proxy's nftables table: replaced by ours in the first sync when we take over a node.
+pub const UPSTREAM_TABLE: &str = "kube-proxy";
 
 // Named sets and maps of the skeleton.
 pub const CLUSTER_IPS: &str = "cluster-ips";
@@ -30,6 +32,7 @@ pub fn endpoints_map(protocol: Protocol) -> &'static str {
 }
 pub const ENDPOINT_CHAINS: &str = "endpoint-chains";
 pub const HAIRPIN: &str = "hairpin";
+pub const FIREWALL_IPS: &str = "firewall-ips";
 
 // Chains of the skeleton.
 const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
@@ -39,6 +42,7 @@ const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
 const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 const REJECT_CHAIN: &str = "reject-chain";
+const FIREWALL_CHECK: &str = "firewall-check";
 
 /// How traffic from this node's pods is recognised (`--detect-local-mode`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +74,8 @@ pub struct FamilyConfig {
     pub masquerade_all: bool,
     pub local: LocalTraffic,
     pub nodeports: NodePortAddresses,
+    /// The node's IPs of this family: a source range containing one lets the node reach its own LB IPs.
+    pub node_ips: Vec<IpAddr>,
 }
 
 /// The objects one service port contributes.
@@ -151,6 +157,7 @@ impl FamilyConfig {
             set(endpoints_map(Protocol::Sctp), vec![Index], vec![Addr, DataType::L4Port(Protocol::Sctp)]),
             set(ENDPOINT_CHAINS, vec![Index], vec![DataType::Verdict]),
             set(HAIRPIN, vec![Addr, Addr], vec![]),
+            set(FIREWALL_IPS, vec![Addr, Proto, Port], vec![DataType::Verdict]),
         ];
         let mut chain = |name: &str, base: Option<BaseChain>, rules: Vec<Rule>| {
             ops.push(Op::AddChain { name: name.into(), base });
@@ -209,6 +216,11 @@ impl FamilyConfig {
         let tcp = Stmt::Cmp { field: Field::L4Proto, value: Value::Proto(Protocol::Tcp), negate: false };
         chain(REJECT_CHAIN, None, vec![vec![tcp, Stmt::RejectTcpReset], vec![Stmt::Reject]]);
         chain(
+            FIREWALL_CHECK,
+            None,
+            vec![vec![Stmt::Vmap { key: vec![Field::Daddr, Field::L4Proto, Field::Dport], map: FIREWALL_IPS.into() }]],
+        );
+        chain(
             CLUSTER_IPS_CHECK,
             None,
             vec![vec![Stmt::Lookup { key: vec![Field::Daddr], set: CLUSTER_IPS.into(), negate: false }, Stmt::Reject]],
@@ -228,7 +240,13 @@ impl FamilyConfig {
             base(ChainType::Filter, Hook::Forward, -110),
             vec![new(SERVICE_ENDPOINTS_CHECK), new(CLUSTER_IPS_CHECK)],
         );
-        chain("filter-output", base(ChainType::Filter, Hook::Output, -110), vec![new(SERVICE_ENDPOINTS_CHECK)]);
+        // loadBalancerSourceRanges are checked before DNAT, while the destination is still the LB IP.
+        chain("filter-prerouting", base(ChainType::Filter, Hook::Prerouting, -110), vec![new(FIREWALL_CHECK)]);
+        chain(
+            "filter-output",
+            base(ChainType::Filter, Hook::Output, -110),
+            vec![new(FIREWALL_CHECK), new(SERVICE_ENDPOINTS_CHECK)],
+        );
         // After DNAT: anything still addressed to a cluster IP used a port the service does not define.
         chain("filter-output-post-dnat", base(ChainType::Filter, Hook::Output, -90), vec![new(CLUSTER_IPS_CHECK)]);
         ops
@@ -286,6 +304,7 @@ impl FamilyConfig {
         if !p.externally_accessible() {
             return out;
         }
+        self.firewall(&mut out, &id, p);
         let external_ips = p.external_ips.iter().chain(&p.load_balancer_ips);
         let nodeport_key = p.node_port.map(|np| vec![proto.clone(), Value::Port(np)]);
         if !cluster_ok {
@@ -335,6 +354,33 @@ impl FamilyConfig {
             }
         }
         out
+    }
+
+    /// loadBalancerSourceRanges: traffic to the LB IPs from anywhere else is dropped (NodePorts are not
+    /// filtered, as upstream).
+    fn firewall(&self, out: &mut PortObjects, id: &str, p: &ServicePort) {
+        if p.load_balancer_source_ranges.is_empty() || p.load_balancer_ips.is_empty() {
+            return;
+        }
+        let chain = format!("firewall-{id}");
+        let mut allowed = p.load_balancer_source_ranges.clone();
+        if self.node_ips.iter().any(|ip| allowed.iter().any(|r| r.contains(ip))) {
+            // The node may reach its own LB IP with the LB IP as source (VIP on a local route).
+            allowed.extend(p.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
+        }
+        out.chains.push((
+            chain.clone(),
+            vec![vec![Stmt::InNets { field: Field::Saddr, nets: allowed, negate: true }, Stmt::Verdict(Verdict::Drop)]],
+        ));
+        for ip in &p.load_balancer_ips {
+            out.elements.push((
+                FIREWALL_IPS,
+                Element {
+                    key: vec![Value::Addr(*ip), Value::Proto(p.protocol()), Value::Port(p.port)],
+                    data: Some(ElemData::Verdict(Verdict::Goto(chain.clone()))),
+                },
+            ));
+        }
     }
 
     /// A chain that DNATs to one of `endpoints` at random (or, with affinity, to the client's previous choice).
@@ -429,26 +475,4 @@ fn endpoint_chain(id: &str, ep: &EndpointAddr) -> String {
 
 fn affinity_set(id: &str, ep: &EndpointAddr) -> String {
     format!("affinity-{id}/{}", endpoint_suffix(ep))
-}
-
-/// The node port addresses of one family: `primary` picks the first node IP, CIDRs pick every interface
-/// address inside them. Loopback addresses never accept NodePorts in nftables mode (as upstream).
-pub fn nodeport_ips(
-    family: IpFamily,
-    cidrs: Option<&[IpNet]>,
-    primary: Option<IpAddr>,
-    interface_addresses: &[IpAddr],
-) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = match cidrs {
-        None => primary.into_iter().collect(),
-        Some(cidrs) => interface_addresses
-            .iter()
-            .copied()
-            .filter(|a| IpFamily::of(a) == family && cidrs.iter().any(|c| c.contains(a)))
-            .collect(),
-    };
-    ips.retain(|a| !a.is_loopback() && IpFamily::of(a) == family);
-    ips.sort();
-    ips.dedup();
-    ips
 }

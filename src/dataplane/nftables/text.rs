@@ -178,6 +178,11 @@ pub fn script(tx: &Transaction) -> String {
         match op {
             Op::AddTable => writeln!(out, "add table {t}"),
             Op::DeleteTable => writeln!(out, "delete table {t}"),
+            Op::RemoveOtherTable(name) => {
+                let other = format!("{} {name}", family_kw(f));
+                // "add" first makes the delete succeed whether or not the table exists.
+                writeln!(out, "add table {other}\ndelete table {other}")
+            }
             Op::AddChain { name, base: None } => writeln!(out, "add chain {t} {name}"),
             Op::AddChain { name, base: Some(b) } => {
                 let ty = match b.chain_type {
