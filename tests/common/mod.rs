@@ -57,10 +57,10 @@ pub struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_proxy();
-        if std::thread::panicking() {
-            if let Ok(log) = std::fs::read_to_string(&self.log) {
-                eprintln!("---- proxy log ----\n{log}");
-            }
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(&self.log)
+        {
+            eprintln!("---- proxy log ----\n{log}");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

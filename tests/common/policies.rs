@@ -1,7 +1,6 @@
 //! Service semantics beyond plain balancing: affinity, traffic policies, health-check node ports, endpoint
 //! conditions, topology, source ranges, node port addresses and local-traffic detection.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kube_proxy_rs::lab::http;
