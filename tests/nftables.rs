@@ -44,3 +44,10 @@ scenarios!(
     node_port_addresses,
     detect_local_modes,
 );
+
+scenarios!(
+    Mode::Nftables, robustness:
+    rules_removed_behind_our_back_are_restored,
+    traffic_keeps_flowing_through_restarts,
+    upstream_nftables_table_is_taken_over,
+);

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod policies;
+pub mod robustness;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
@@ -49,7 +50,7 @@ pub struct Cluster {
     pub lab: ClusterLab,
     pub mode: Mode,
     pub dir: PathBuf,
-    proxy: Option<Child>,
+    proxy: std::cell::RefCell<Option<Child>>,
     extra_args: Vec<String>,
     log: PathBuf,
 }
@@ -81,7 +82,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(kube_proxy_rs::lab::unique_name("kpr-manifests-"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("proxy.log");
-        Cluster { lab, mode, dir, proxy: None, extra_args: Vec::new(), log }
+        Cluster { lab, mode, dir, proxy: Default::default(), extra_args: Vec::new(), log }
     }
 
     /// Flags added to every start of the proxy.
@@ -136,33 +137,33 @@ impl Cluster {
     }
 
     /// Start the proxy and wait until it has synced once.
-    pub fn start_proxy(&mut self) {
-        assert!(self.proxy.is_none(), "proxy already running");
+    pub fn start_proxy(&self) {
+        assert!(self.proxy.borrow().is_none(), "proxy already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = self.proxy_command(&[]);
         cmd.stdout(Stdio::null()).stderr(log);
-        self.proxy = Some(cmd.spawn().expect("start proxy"));
+        *self.proxy.borrow_mut() = Some(cmd.spawn().expect("start proxy"));
         self.wait_synced_after(None);
     }
 
     /// Stop the proxy with SIGTERM (as the kubelet does) and wait for it to exit.
-    pub fn stop_proxy(&mut self) -> std::process::ExitStatus {
-        let mut child = self.proxy.take().expect("proxy running");
+    pub fn stop_proxy(&self) -> std::process::ExitStatus {
+        let mut child = self.proxy.borrow_mut().take().expect("proxy running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         // `ip netns exec` execs the binary, so the child's pid is the proxy's.
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         child.wait().unwrap()
     }
 
-    fn kill_proxy(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
+    fn kill_proxy(&self) {
+        if let Some(mut p) = self.proxy.borrow_mut().take() {
             let _ = p.kill();
             let _ = p.wait();
         }
     }
 
-    pub fn proxy_running(&mut self) -> bool {
-        self.proxy.as_mut().is_some_and(|p| p.try_wait().unwrap().is_none())
+    pub fn proxy_running(&self) -> bool {
+        self.proxy.borrow_mut().as_mut().is_some_and(|p| p.try_wait().unwrap().is_none())
     }
 
     /// Run the binary once in the node namespace (for --cleanup and friends).
@@ -202,7 +203,7 @@ impl Cluster {
     }
 
     /// Wait until the proxy has completed a sync that started after `since` (`None`: any sync).
-    pub fn wait_synced_after(&mut self, since: Option<SystemTime>) {
+    pub fn wait_synced_after(&self, since: Option<SystemTime>) {
         let since = since.map_or(0.0, |t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64());
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -39,7 +39,7 @@ fn on(c: &Cluster, pods: &[&str], family: IpFamily) -> Vec<EndpointBuilder> {
 }
 
 fn start(mode: Mode, pods: &[(&str, &str)], docs: impl FnOnce(&Cluster) -> Vec<String>, args: &[&str]) -> Cluster {
-    let mut c = Cluster::new(mode, pods).with_args(args);
+    let c = Cluster::new(mode, pods).with_args(args);
     c.write_node(&[("topology.kubernetes.io/zone", "zone-a")]);
     let d = docs(&c);
     c.write("svc.yaml", &d);
@@ -91,7 +91,7 @@ pub fn external_policy_local(mode: Mode) {
             move |f| pods.iter().map(|p| endpoint(c.pod_ip(p, f), &c.lab.pod(p).node_name)).collect(),
         )
     };
-    let mut c = start(mode, &[("client", NODE), ("a", NODE), ("r", NODE_B)], |c| local_svc(c, &["a", "r"]), &[]);
+    let c = start(mode, &[("client", NODE), ("a", NODE), ("r", NODE_B)], |c| local_svc(c, &["a", "r"]), &[]);
     for family in [V4, V6] {
         let node_port = sock(c.lab.node_ip(family), 30090);
         let outside = c.lab.outside_ip(family);

@@ -38,7 +38,7 @@ fn vip(family: IpFamily, port: u16) -> std::net::SocketAddr {
 }
 
 fn started(mode: Mode, pods: &[(&str, &str)], web_pods: &[&str]) -> Cluster {
-    let mut c = Cluster::new(mode, pods);
+    let c = Cluster::new(mode, pods);
     c.write_node(&[]);
     c.write("web.yaml", &web(&c, web_pods));
     c.start_proxy();
@@ -82,7 +82,7 @@ pub fn hairpin_is_masqueraded(mode: Mode) {
 }
 
 pub fn node_port_from_outside_is_masqueraded(mode: Mode) {
-    let mut c = Cluster::new(mode, &[("a", NODE), ("b", NODE)]);
+    let c = Cluster::new(mode, &[("a", NODE), ("b", NODE)]);
     c.write_node(&[]);
     c.write("web.yaml", &web_with(&c, &["a", "b"], |s| s.node_port(30053)));
     c.write(
@@ -124,7 +124,7 @@ pub fn node_port_from_outside_is_masqueraded(mode: Mode) {
 }
 
 pub fn external_and_load_balancer_ips_from_outside(mode: Mode) {
-    let mut c = Cluster::new(mode, &[("a", NODE)]);
+    let c = Cluster::new(mode, &[("a", NODE)]);
     c.write_node(&[]);
     let ext = [v4("203.0.113.10"), v4("2001:db8:113::10")];
     let lb = [v4("198.51.100.10"), v4("2001:db8:100::10")];
@@ -187,7 +187,7 @@ pub fn removed_endpoint_gets_no_traffic_within_2s(mode: Mode) {
 }
 
 pub fn broken_manifests_change_nothing_for_good_ones(mode: Mode) {
-    let mut c = started(mode, &[("client", NODE), ("a", NODE)], &["a"]);
+    let c = started(mode, &[("client", NODE), ("a", NODE)], &["a"]);
     let spec = ProbeSpec::tcp(vip(V4, 80)).count(3);
     c.write_raw("broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: [unterminated\n");
     c.write_raw(
@@ -277,7 +277,7 @@ pub fn health_and_metrics_answer_like_upstream(mode: Mode) {
 }
 
 pub fn sigterm_keeps_rules_and_cleanup_removes_everything(mode: Mode) {
-    let mut c = started(mode, &[("client", NODE), ("a", NODE)], &["a"]);
+    let c = started(mode, &[("client", NODE), ("a", NODE)], &["a"]);
     let status = c.stop_proxy();
     assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
     // Rules stay: traffic still flows with no proxy running.
@@ -295,7 +295,7 @@ pub fn sigterm_keeps_rules_and_cleanup_removes_everything(mode: Mode) {
 }
 
 pub fn restart_keeps_connections_and_service(mode: Mode) {
-    let mut c = started(mode, &[("client", NODE), ("a", NODE), ("b", NODE)], &["a", "b"]);
+    let c = started(mode, &[("client", NODE), ("a", NODE), ("b", NODE)], &["a", "b"]);
     let mut session = c.lab.open_session(&Where::pod("client"), &ProbeSpec::tcp(vip(V4, 80))).unwrap();
     let first = session.greeting().pod().expect("connected").to_string();
     c.stop_proxy();

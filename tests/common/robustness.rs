@@ -1,0 +1,125 @@
+//! Staying correct when the world misbehaves: rules flushed behind our back, restarts under traffic, taking
+//! over a node from upstream kube-proxy.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use kube_proxy_rs::lab::manifests::{endpoint, endpoint_slice, service, to_yaml};
+use kube_proxy_rs::lab::{ProbeResult, ProbeSpec, Where};
+use kube_proxy_rs::model::IpFamily::{V4, V6};
+
+use super::*;
+
+const VIP: &str = "10.96.0.60";
+const VIP6: &str = "fd00:96::60";
+
+fn docs(c: &Cluster, pods: &[&str]) -> Vec<String> {
+    let mut d = vec![
+        service("demo", "r", &[v4(VIP), v4(VIP6)]).port("http", "TCP", 80, 8080).port("dns", "UDP", 53, 8080).yaml(),
+    ];
+    for (family, name) in [(V4, "r-v4"), (V6, "r-v6")] {
+        let eps = pods.iter().map(|p| endpoint(c.pod_ip(p, family), NODE)).collect();
+        d.push(to_yaml(&endpoint_slice(
+            "demo",
+            name,
+            "r",
+            family == V6,
+            &[("http", "TCP", 8080), ("dns", "UDP", 8080)],
+            eps,
+        )));
+    }
+    d
+}
+
+fn start(mode: Mode, pods: &[(&str, &str)], endpoints: &[&str], args: &[&str]) -> Cluster {
+    let c = Cluster::new(mode, pods).with_args(args);
+    c.write_node(&[]);
+    let d = docs(&c, endpoints);
+    c.write("r.yaml", &d);
+    c.start_proxy();
+    c
+}
+
+fn works(c: &Cluster, target: &str) -> bool {
+    let r =
+        c.probe(&Where::pod("client"), &ProbeSpec::tcp(target.parse().unwrap()).timeout(Duration::from_millis(300)));
+    r[0].pod().is_some()
+}
+
+pub fn rules_removed_behind_our_back_are_restored(mode: Mode) {
+    let c = start(mode, &[("client", NODE), ("a", NODE)], &["a"], &["--iptables-sync-period=2s"]);
+    for (what, argv) in [
+        ("nft flush ruleset", vec!["nft", "flush", "ruleset"]),
+        ("table deleted", vec!["nft", "delete", "table", "ip", "kube-proxy-rs"]),
+    ] {
+        assert!(works(&c, "10.96.0.60:80"));
+        let out = c.lab.exec(&Where::Node, &argv).unwrap();
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        let broken = Instant::now();
+        assert!(!works(&c, "10.96.0.60:80"), "{what}: the service is really gone");
+        while !(works(&c, "10.96.0.60:80") && works(&c, "[fd00:96::60]:80")) {
+            assert!(broken.elapsed() < Duration::from_secs(5), "{what}: not restored within one sync period (2s)");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn traffic_keeps_flowing_through_restarts(mode: Mode) {
+    let c = start(mode, &[("client", NODE), ("a", NODE), ("b", NODE)], &["a", "b"], &[]);
+    std::thread::scope(|scope| {
+        let lab = &c.lab;
+        // New connections every 10 ms for the whole restart, and a long-lived one.
+        let load = scope.spawn(move || {
+            let spec = ProbeSpec::tcp("10.96.0.60:80".parse().unwrap()).count(250).interval(Duration::from_millis(10));
+            lab.probe(&Where::pod("client"), &spec).unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut session =
+            lab.open_session(&Where::pod("client"), &ProbeSpec::tcp("10.96.0.60:80".parse().unwrap())).unwrap();
+        let pod = session.greeting().pod().unwrap().to_string();
+        std::thread::sleep(Duration::from_millis(200));
+        c.stop_proxy();
+        let t = SystemTime::now();
+        c.start_proxy();
+        c.wait_synced_after(Some(t));
+        assert_eq!(
+            session.send("x").unwrap(),
+            kube_proxy_rs::lab::SessionReply::Echoed { pod, text: "x".into() },
+            "the long-lived connection survives the restart"
+        );
+        let results = load.join().unwrap();
+        let failed: Vec<&ProbeResult> = results.iter().filter(|r| r.pod().is_none()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} connections failed during the restart: {failed:?}",
+            failed.len(),
+            results.len()
+        );
+    });
+}
+
+pub fn upstream_nftables_table_is_taken_over(mode: Mode) {
+    let c = Cluster::new(mode, &[("client", NODE), ("a", NODE)]);
+    c.write_node(&[]);
+    let d = docs(&c, &["a"]);
+    c.write("r.yaml", &d);
+    // What upstream kube-proxy's nftables mode leaves: its own table with a DNAT for the same cluster IP,
+    // to a pod that does not exist.
+    for cmd in [
+        "add table ip kube-proxy",
+        "add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority dstnat ; }",
+        "add rule ip kube-proxy nat-prerouting ip daddr 10.96.0.60 tcp dport 80 dnat to 10.244.0.250:8080",
+        "add table ip6 kube-proxy",
+    ] {
+        let out = c.lab.exec(&Where::Node, &["nft", cmd]).unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(!works(&c, "10.96.0.60:80"));
+    c.start_proxy();
+    let tables = c.node_exec(&["nft", "list", "tables"]);
+    assert!(
+        !tables.lines().any(|l| l.trim() == "table ip kube-proxy" || l.trim() == "table ip6 kube-proxy"),
+        "{tables}"
+    );
+    assert!(tables.contains("table ip kube-proxy-rs"), "{tables}");
+    assert!(works(&c, "10.96.0.60:80"));
+}
