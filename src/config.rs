@@ -33,6 +33,8 @@ fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<Strin
 pub struct Config {
     pub mode: ProxyMode,
     pub manifests: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub master: Option<String>,
     pub hostname_override: Option<String>,
     pub cluster_cidrs: Vec<IpNet>,
     pub masquerade_bit: u8,
@@ -103,6 +105,8 @@ impl Config {
         Ok(Config {
             mode: f.proxy_mode.unwrap_or(ProxyMode::Nftables),
             manifests: f.manifests.clone(),
+            kubeconfig: f.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
+            master: nonempty(&f.master),
             hostname_override: nonempty(&f.hostname_override),
             cluster_cidrs,
             masquerade_bit: f.iptables_masquerade_bit.unwrap_or(14),
@@ -177,6 +181,13 @@ impl Config {
             "kind": "KubeProxyConfiguration",
             "mode": self.mode.name(),
             "hostnameOverride": self.hostname_override.clone().unwrap_or_default(),
+            "clientConnection": {
+                "kubeconfig": self.kubeconfig.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "acceptContentTypes": "",
+                "contentType": "application/json",
+                "qps": 5,
+                "burst": 10,
+            },
             "clusterCIDR": self.cluster_cidrs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
             "detectLocalMode": self.detect_local_mode.name(),
             "detectLocal": {

@@ -6,6 +6,7 @@
 //! `ip netns exec`: every command is an argument vector, never a shell line. Everything is removed on drop.
 
 mod addresses;
+pub mod apiserver;
 pub mod cli;
 mod cluster;
 pub mod echo;

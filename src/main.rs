@@ -18,6 +18,8 @@ use kube_proxy_rs::lab;
 use kube_proxy_rs::model::IpFamily;
 use kube_proxy_rs::runner::pacer::Pacer;
 use kube_proxy_rs::runner::{HealthCheckPorts, Runner, read_interface_addresses};
+use kube_proxy_rs::sources::SourceEvent;
+use kube_proxy_rs::sources::kube as kube_source;
 use kube_proxy_rs::sources::manifests::ManifestSource;
 
 fn main() -> ExitCode {
@@ -47,19 +49,15 @@ fn main() -> ExitCode {
         eprintln!("kube-proxy-rs: --proxy-mode={}: not built yet; use --proxy-mode=nftables", config.mode.name());
         return ExitCode::FAILURE;
     }
-    let Some(dir) = config.manifests.clone() else {
-        eprintln!(
-            "kube-proxy-rs: no source of services: give --manifests DIR (the Kubernetes API source is not built yet)"
-        );
-        return ExitCode::FAILURE;
-    };
-    if let Err(e) = ManifestSource::check(&dir) {
+    if let Some(dir) = &config.manifests
+        && let Err(e) = ManifestSource::check(dir)
+    {
         eprintln!("kube-proxy-rs: --manifests: {e}");
         return ExitCode::FAILURE;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match runtime {
-        Ok(rt) => rt.block_on(run(config, dir)),
+        Ok(rt) => rt.block_on(run(config)),
         Err(e) => {
             eprintln!("kube-proxy-rs: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -114,7 +112,26 @@ fn cleanup(config: &Config) -> ExitCode {
     }
 }
 
-async fn run(config: Config, dir: std::path::PathBuf) -> ExitCode {
+/// Start the source of Services and EndpointSlices: the manifest directory, or else the API server.
+async fn start_source(config: &Config, tx: tokio::sync::mpsc::Sender<SourceEvent>) -> Result<(), String> {
+    if let Some(dir) = config.manifests.clone() {
+        tokio::spawn(async move {
+            if let Err(e) = ManifestSource::new(dir).run(tx).await {
+                tracing::error!(error = %e, "manifest source stopped");
+            }
+        });
+        return Ok(());
+    }
+    let settings =
+        kube_source::ConnectSettings { kubeconfig: config.kubeconfig.clone(), master: config.master.clone() };
+    let client = kube_source::client(&settings).await.map_err(|e| e.to_string())?;
+    let node = config.node_name();
+    tokio::spawn(kube_source::post_starting_event(client.clone(), node.clone()));
+    tokio::spawn(kube_source::KubeSource::new(client, node).run(tx));
+    Ok(())
+}
+
+async fn run(config: Config) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(2 * config.sync_period));
     let admin = Arc::new(AdminState {
@@ -130,11 +147,10 @@ async fn run(config: Config, dir: std::path::PathBuf) -> ExitCode {
         tokio::spawn(http::serve("metrics", addr, http::metrics_router(admin.clone())));
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    tokio::spawn(async move {
-        if let Err(e) = ManifestSource::new(dir).run(tx).await {
-            tracing::error!(error = %e, "manifest source stopped");
-        }
-    });
+    if let Err(e) = start_source(&config, tx).await {
+        eprintln!("kube-proxy-rs: {e}");
+        return ExitCode::FAILURE;
+    }
     let runner = Runner::new(
         ClusterState::new(config.node_name()),
         Box::new(nftables(&config)),

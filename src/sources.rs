@@ -1,6 +1,7 @@
 //! Sources of Services, EndpointSlices and the Node. Each source converts wire objects into the model at its
 //! edge and passes on only real changes; the core cannot tell sources apart.
 
+pub mod kube;
 pub mod manifests;
 
 use crate::core::Change;

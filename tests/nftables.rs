@@ -51,3 +51,11 @@ scenarios!(
     traffic_keeps_flowing_through_restarts,
     upstream_nftables_table_is_taken_over,
 );
+
+scenarios!(
+    Mode::Nftables, api:
+    api_source_follows_the_api_server,
+    nothing_is_programmed_before_both_lists,
+    watches_resume_and_relists_pass_only_differences,
+    api_outage_keeps_traffic_flowing,
+);

@@ -29,6 +29,27 @@ pub struct Flags {
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
 
+    /// Path to a kubeconfig file with the API server's address and credentials (default: the KUBECONFIG
+    /// variable, else the in-cluster service account).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The API server's address (overrides the kubeconfig's).
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+
+    /// Accepted for compatibility: the watch traffic of a node proxy is a handful of requests.
+    #[arg(long, value_name = "QPS")]
+    pub kube_api_qps: Option<f32>,
+
+    /// Accepted for compatibility (see --kube-api-qps).
+    #[arg(long, value_name = "N")]
+    pub kube_api_burst: Option<i32>,
+
+    /// Accepted for compatibility; requests are always JSON (kube-rs does not speak protobuf).
+    #[arg(long, value_name = "TYPE")]
+    pub kube_api_content_type: Option<String>,
+
     /// Use this name, rather than the hostname, to identify the node.
     #[arg(long, value_name = "NAME")]
     pub hostname_override: Option<String>,

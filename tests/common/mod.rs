@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod policies;
 pub mod robustness;
 pub mod scenarios;
@@ -52,6 +53,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     proxy: std::cell::RefCell<Option<Child>>,
     extra_args: Vec<String>,
+    /// Where the proxy reads objects from: the manifest directory unless `use_api_server` changed it.
+    source_args: Vec<String>,
     log: PathBuf,
 }
 
@@ -82,12 +85,21 @@ impl Cluster {
         let dir = std::env::temp_dir().join(kube_proxy_rs::lab::unique_name("kpr-manifests-"));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("proxy.log");
-        Cluster { lab, mode, dir, proxy: Default::default(), extra_args: Vec::new(), log }
+        let source_args = vec!["--manifests".into(), dir.to_string_lossy().into_owned()];
+        Cluster { lab, mode, dir, proxy: Default::default(), extra_args: Vec::new(), source_args, log }
     }
 
     /// Flags added to every start of the proxy.
     pub fn with_args(mut self, args: &[&str]) -> Cluster {
         self.extra_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Read objects from this API server (started in the node namespace) instead of the manifest directory.
+    pub fn use_api_server(mut self, api: &kube_proxy_rs::lab::apiserver::ApiServer) -> Cluster {
+        let path = self.dir.join("kubeconfig.yaml");
+        std::fs::write(&path, api.kubeconfig()).unwrap();
+        self.source_args = vec!["--kubeconfig".into(), path.to_string_lossy().into_owned()];
         self
     }
 
@@ -121,8 +133,6 @@ impl Cluster {
         let mut argv = vec![
             BIN.to_string(),
             self.mode.flag().to_string(),
-            "--manifests".into(),
-            self.dir.to_string_lossy().into_owned(),
             "--hostname-override".into(),
             NODE.into(),
             "--cluster-cidr=10.244.0.0/16,fd00:10:244::/64".into(),
@@ -131,6 +141,7 @@ impl Cluster {
             "--iptables-min-sync-period=0s".into(),
             "--v=4".into(),
         ];
+        argv.extend(self.source_args.iter().cloned());
         argv.extend(self.extra_args.iter().cloned());
         argv.extend(args.iter().cloned());
         self.lab.netns(&Where::Node).unwrap().command(&argv)
