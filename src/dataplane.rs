@@ -1,6 +1,7 @@
 //! Dataplanes turn the desired state into kernel state, one module per proxy mode, behind one small trait.
 //! A dataplane remembers what it applied so that a sync sends the kernel only what changed.
 
+pub mod iptables;
 pub mod nftables;
 pub mod settings;
 
