@@ -45,3 +45,17 @@ pub trait Dataplane: Send {
     /// Remove everything this mode creates in the kernel.
     fn cleanup(&mut self) -> Result<(), DataplaneError>;
 }
+
+/// Remove iptables, ipvs and upstream-nftables leftovers of the modes other than the running one (upstream
+/// kube-proxy's and ours). Failures are logged: a leftover is untidy, never a reason to stop proxying.
+pub fn remove_other_modes_leftovers() {
+    match iptables::remove_kube_proxy_chains() {
+        Ok(report) if report.removed_anything() => tracing::info!(?report, "removed iptables leftovers of kube-proxy"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot remove iptables leftovers"),
+    }
+    match iptables::remove_ipvs_leftovers() {
+        Ok(report) => tracing::debug!(?report, "ipvs leftovers"),
+        Err(e) => tracing::warn!(error = %e, "cannot remove ipvs leftovers"),
+    }
+}

@@ -100,6 +100,7 @@ fn nftables(config: &Config) -> NftablesDataplane {
 
 /// `--cleanup`: remove what every mode creates.
 fn cleanup(config: &Config) -> ExitCode {
+    kube_proxy_rs::dataplane::remove_other_modes_leftovers();
     match nftables(config).cleanup() {
         Ok(()) => {
             tracing::info!("removed every rule kube-proxy-rs creates");

@@ -50,6 +50,7 @@ scenarios!(
     rules_removed_behind_our_back_are_restored,
     traffic_keeps_flowing_through_restarts,
     upstream_nftables_table_is_taken_over,
+    upstream_iptables_rules_are_taken_over,
 );
 
 scenarios!(

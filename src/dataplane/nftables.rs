@@ -29,12 +29,15 @@ pub struct NftablesDataplane {
     settings: ProxySettings,
     transport: Box<dyn Transport>,
     tables: Vec<FamilyTable>,
+    /// Other modes' leftovers are removed once, after our first successful sync: taking over a node from
+    /// upstream's iptables mode never leaves it without rules.
+    took_over: bool,
 }
 
 impl NftablesDataplane {
     pub fn new(settings: ProxySettings, transport: Box<dyn Transport>, families: &[IpFamily]) -> Self {
         let tables = families.iter().map(|f| FamilyTable { family: Family::of(*f), applied: None }).collect();
-        NftablesDataplane { settings, transport, tables }
+        NftablesDataplane { settings, transport, tables, took_over: false }
     }
 
     fn family_config(&self, family: IpFamily, node: &NodeView) -> FamilyConfig {
@@ -101,6 +104,10 @@ impl Dataplane for NftablesDataplane {
                 });
             }
         }
+        if !self.took_over {
+            self.took_over = true;
+            super::remove_other_modes_leftovers();
+        }
         Ok(kind)
     }
 
@@ -125,9 +132,9 @@ impl Dataplane for NftablesDataplane {
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
         for table in &mut self.tables {
             table.applied = None;
-            // "add" first makes the delete succeed whether or not the table exists.
+            // "add" first makes the delete succeed whether or not the table exists; upstream's table goes too.
             let mut tx = Transaction::new(table.family, TABLE);
-            tx.ops.extend([Op::AddTable, Op::DeleteTable]);
+            tx.ops.extend([Op::RemoveOtherTable(ruleset::UPSTREAM_TABLE.into()), Op::AddTable, Op::DeleteTable]);
             self.transport
                 .apply(&tx)
                 .map_err(|e| DataplaneError::Apply { what: "nftables cleanup".into(), reason: e.to_string() })?;

@@ -123,3 +123,29 @@ pub fn upstream_nftables_table_is_taken_over(mode: Mode) {
     assert!(tables.contains("table ip kube-proxy-rs"), "{tables}");
     assert!(works(&c, "10.96.0.60:80"));
 }
+
+pub fn upstream_iptables_rules_are_taken_over(mode: Mode) {
+    let c = Cluster::new(mode, &[("client", NODE), ("a", NODE)]);
+    c.write_node(&[]);
+    let d = docs(&c, &["a"]);
+    c.write("r.yaml", &d);
+    // Upstream's iptables mode left its chains (and the kubelet its own) in both iptables backends.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/src/dataplane/iptables/fixtures/iptables-mode-v4.save");
+    for restore in ["iptables-nft-restore", "iptables-legacy-restore"] {
+        let mut cmd = c.lab.netns(&Where::Node).unwrap().command(&[restore]);
+        cmd.stdin(std::fs::File::open(fixture).unwrap());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{restore}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    c.start_proxy();
+    assert!(works(&c, "10.96.0.60:80"));
+    for save in ["iptables-nft-save", "iptables-legacy-save"] {
+        let after = c.node_exec(&[save]);
+        for gone in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-SVC-", "KUBE-SEP-"] {
+            assert!(!after.contains(gone), "{save}: {gone} left behind:\n{after}");
+        }
+        for kept in [":KUBE-FIREWALL", ":KUBE-KUBELET-CANARY", ":CNI-XYZ"] {
+            assert!(after.contains(kept), "{save}: {kept} is not ours and must stay:\n{after}");
+        }
+    }
+}
