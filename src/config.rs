@@ -2,6 +2,7 @@
 //! validated once at start-up so that a bad value fails with a message naming the flag.
 
 pub mod duration;
+pub mod file;
 pub mod flags;
 
 use std::net::SocketAddr;
