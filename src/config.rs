@@ -4,6 +4,7 @@
 pub mod duration;
 pub mod file;
 pub mod flags;
+mod from_file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,19 @@ fn bind_address(flag: &'static str, given: Option<&str>, default: &str) -> Resul
 }
 
 impl Config {
+    /// The configuration the command line asks for: the flags, or with `--config` the file (plus the few flags
+    /// upstream still honours). Returns the warnings to log (unknown fields in the file).
+    pub fn load(flags: &Flags) -> Result<(Config, Vec<String>), ConfigError> {
+        let Some(path) = &flags.config else { return Config::from_flags(flags).map(|c| (c, Vec::new())) };
+        let path = path.display().to_string();
+        let decoded = file::read(&path).map_err(|e| ConfigError::Unsupported(e.to_string()))?;
+        let from_file =
+            from_file::flags_from_file(&path, &decoded, flags).map_err(|e| ConfigError::Unsupported(e.to_string()))?;
+        let config =
+            Config::from_flags(&from_file).map_err(|e| ConfigError::Unsupported(format!("--config {path}: {e}")))?;
+        Ok((config, decoded.warnings))
+    }
+
     /// Apply upstream's defaults to the flags and check every value.
     pub fn from_flags(f: &Flags) -> Result<Config, ConfigError> {
         let cluster_cidrs = f.cluster_cidr.clone().map(|c| c.0).unwrap_or_default();
@@ -162,45 +176,70 @@ impl Config {
         }
     }
 
-    /// The effective configuration in KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) shape, for
-    /// /configz.
-    pub fn to_kube_proxy_configuration(&self) -> serde_json::Value {
+    /// The effective configuration as a KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1), defaults
+    /// included: what /configz serves and --write-config-to writes.
+    pub fn to_kube_proxy_configuration(&self) -> file::KubeProxyConfiguration {
+        use file::{ClientConnection, DetectLocal, GoDuration, KubeProxyConfiguration, ModeSection};
         let addr = |a: &Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-        let nodeport_addresses = match &self.nodeport_addresses {
-            NodePortAddresses::Default => serde_json::Value::Null,
-            NodePortAddresses::Primary => json!(["primary"]),
-            NodePortAddresses::Cidrs(c) => json!(c.iter().map(|n| n.to_string()).collect::<Vec<_>>()),
+        let mode_section = ModeSection {
+            localhost_node_ports: None,
+            masquerade_all: self.masquerade_all,
+            masquerade_bit: Some(i32::from(self.masquerade_bit)),
+            min_sync_period: GoDuration(self.min_sync_period),
+            sync_period: GoDuration(self.sync_period),
         };
-        let mode_section = json!({
-            "masqueradeAll": self.masquerade_all,
-            "masqueradeBit": self.masquerade_bit,
-            "minSyncPeriod": duration::format(self.min_sync_period),
-            "syncPeriod": duration::format(self.sync_period),
-        });
-        json!({
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-            "kind": "KubeProxyConfiguration",
-            "mode": self.mode.name(),
-            "hostnameOverride": self.hostname_override.clone().unwrap_or_default(),
-            "clientConnection": {
-                "kubeconfig": self.kubeconfig.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                "acceptContentTypes": "",
-                "contentType": "application/json",
-                "qps": 5,
-                "burst": 10,
+        KubeProxyConfiguration {
+            api_version: file::API_VERSION.into(),
+            kind: "KubeProxyConfiguration".into(),
+            bind_address: "0.0.0.0".into(),
+            client_connection: ClientConnection {
+                kubeconfig: self.kubeconfig.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                content_type: "application/json".into(),
+                qps: 5.0,
+                burst: 10,
+                ..ClientConnection::default()
             },
-            "clusterCIDR": self.cluster_cidrs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
-            "detectLocalMode": self.detect_local_mode.name(),
-            "detectLocal": {
-                "bridgeInterface": self.pod_bridge_interface.clone().unwrap_or_default(),
-                "interfaceNamePrefix": self.pod_interface_name_prefix.clone().unwrap_or_default(),
+            cluster_cidr: self.cluster_cidrs.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+            config_sync_period: GoDuration(std::time::Duration::from_secs(900)),
+            detect_local_mode: self.detect_local_mode.name().into(),
+            detect_local: DetectLocal {
+                bridge_interface: self.pod_bridge_interface.clone().unwrap_or_default(),
+                interface_name_prefix: self.pod_interface_name_prefix.clone().unwrap_or_default(),
             },
-            "healthzBindAddress": addr(&self.healthz_bind_address),
-            "metricsBindAddress": addr(&self.metrics_bind_address),
-            "nodePortAddresses": nodeport_addresses,
-            "iptables": mode_section.clone(),
-            "nftables": mode_section,
-        })
+            healthz_bind_address: addr(&self.healthz_bind_address),
+            hostname_override: self.hostname_override.clone().unwrap_or_default(),
+            iptables: ModeSection { localhost_node_ports: Some(true), ..mode_section.clone() },
+            logging: json!({"verbosity": self.verbosity}),
+            metrics_bind_address: addr(&self.metrics_bind_address),
+            mode: self.mode.name().into(),
+            nftables: mode_section,
+            node_port_addresses: match &self.nodeport_addresses {
+                NodePortAddresses::Default => None,
+                NodePortAddresses::Primary => Some(vec!["primary".into()]),
+                NodePortAddresses::Cidrs(c) => Some(c.iter().map(|n| n.to_string()).collect()),
+            },
+            winkernel: json!({}),
+            ..KubeProxyConfiguration::default()
+        }
+    }
+
+    /// The effective configuration as YAML, for --write-config-to.
+    pub fn to_yaml(&self) -> String {
+        let value = serde_json::to_value(self.to_kube_proxy_configuration()).expect("serializable");
+        serde_saphyr::to_string(&value).expect("JSON values serialize to YAML")
+    }
+}
+
+/// Resolves when the file's content differs from what it was when called (polled every second: this also
+/// sees a ConfigMap's symlink swap). Upstream exits then, and the DaemonSet restarts it.
+pub async fn file_changed(path: &std::path::Path) {
+    let initial = std::fs::read(path).ok();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = std::fs::read(path).ok();
+        if now.is_some() && now != initial {
+            return;
+        }
     }
 }
 

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         Some(Command::Demo { requests }) => return kube_proxy_rs::demo::main(*requests),
         None => {}
     }
-    let config = match Config::from_flags(&flags) {
+    let (config, warnings) = match Config::load(&flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kube-proxy-rs: {e}");
@@ -42,6 +42,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.verbosity);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some(path) = &flags.write_config_to {
+        return match std::fs::write(path, config.to_yaml()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kube-proxy-rs: --write-config-to {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     if config.cleanup {
         return cleanup(&config);
     }
@@ -57,7 +69,7 @@ fn main() -> ExitCode {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match runtime {
-        Ok(rt) => rt.block_on(run(config)),
+        Ok(rt) => rt.block_on(run(config, flags.config.clone())),
         Err(e) => {
             eprintln!("kube-proxy-rs: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -132,14 +144,14 @@ async fn start_source(config: &Config, tx: tokio::sync::mpsc::Sender<SourceEvent
     Ok(())
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(2 * config.sync_period));
     let admin = Arc::new(AdminState {
         health: health.clone(),
         metrics: metrics.clone(),
         mode: config.mode.name(),
-        configz: config.to_kube_proxy_configuration(),
+        configz: serde_json::to_value(config.to_kube_proxy_configuration()).unwrap_or_default(),
     });
     if let Some(addr) = config.healthz_bind_address {
         tokio::spawn(http::serve("healthz", addr, http::health_router(admin.clone())));
@@ -165,8 +177,19 @@ async fn run(config: Config) -> ExitCode {
         },
     );
     tracing::info!(mode = config.mode.name(), node = %config.node_name(), "kube-proxy-rs starting");
+    let config_changed = async {
+        match &flags_config {
+            Some(path) => kube_proxy_rs::config::file_changed(path).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = runner.run(rx, 1) => ExitCode::FAILURE,
+        _ = config_changed => {
+            // As upstream: exit, and let the DaemonSet restart us with the new configuration.
+            tracing::error!("the configuration file changed; exiting to restart with it");
+            ExitCode::FAILURE
+        }
         _ = shutdown_signal() => {
             // As upstream: the rules stay, so traffic keeps flowing until the next instance takes over.
             tracing::info!("terminating; rules stay in place");

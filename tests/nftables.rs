@@ -51,6 +51,7 @@ scenarios!(
     traffic_keeps_flowing_through_restarts,
     upstream_nftables_table_is_taken_over,
     upstream_iptables_rules_are_taken_over,
+    config_file_is_used_and_a_change_restarts,
 );
 
 scenarios!(

@@ -182,8 +182,10 @@ pub fn read(path: &str) -> Result<Decoded, FileError> {
 
 /// Decode `text` (named `path` in messages).
 pub fn decode(path: &str, text: &str) -> Result<Decoded, FileError> {
-    let value: serde_json::Value = serde_saphyr::from_str(text)
-        .map_err(|e| FileError::Syntax { path: path.into(), message: e.to_string().lines().next().unwrap_or("").into() })?;
+    let value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| FileError::Syntax {
+        path: path.into(),
+        message: e.to_string().lines().next().unwrap_or("").into(),
+    })?;
     let mut unknown = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(value, &mut track);
@@ -233,12 +235,17 @@ mod tests {
         let text = KUBEADM.replace("  tcpBeLiberal: false\n", "  tcpBeLiberal: false\n  tcpSomething: 3\n");
         let d = decode("config.conf", &text).unwrap();
         assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
-        assert!(d.warnings[0].contains("conntrack.tcpSomething") && d.warnings[0].contains("(line 16)"), "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].contains("conntrack.tcpSomething") && d.warnings[0].contains("(line 16)"),
+            "{:?}",
+            d.warnings
+        );
     }
 
     #[test]
     fn wrong_types_are_errors_naming_field_and_line() {
-        let text = KUBEADM.replace("  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:", "  minSyncPeriod: 0s\n  syncPeriod: soon\nipvs:");
+        let text = KUBEADM
+            .replace("  minSyncPeriod: 0s\n  syncPeriod: 0s\nipvs:", "  minSyncPeriod: 0s\n  syncPeriod: soon\nipvs:");
         let err = decode("config.conf", &text).unwrap_err().to_string();
         assert!(err.contains("iptables.syncPeriod") && err.contains("line 32") && err.contains("soon"), "{err}");
         let text = KUBEADM.replace("nftables:\n  masqueradeAll: false", "nftables:\n  masqueradeAll: yes please");

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use super::duration;
 
 /// A drop-in replacement for Kubernetes' kube-proxy.
-#[derive(Debug, Parser)]
+#[derive(Debug, Default, Parser)]
 #[command(name = "kube-proxy-rs", version, disable_version_flag = true, about, long_about = None)]
 pub struct Flags {
     #[command(subcommand)]
@@ -19,6 +19,15 @@ pub struct Flags {
     /// Print version information and quit.
     #[arg(long, action = ArgAction::SetTrue)]
     pub version: bool,
+
+    /// Read the configuration from this KubeProxyConfiguration file (as kubeadm writes it). Other flags are then
+    /// ignored, except --hostname-override and -v, as upstream.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Write the effective configuration (defaults included) to this file and exit.
+    #[arg(long, value_name = "FILE")]
+    pub write_config_to: Option<PathBuf>,
 
     /// Which proxy mode to use: 'iptables', 'nftables', 'ipvs' or 'userspace' (default: nftables until the
     /// iptables mode exists).

@@ -71,9 +71,58 @@ fn bad_values_name_the_flag_and_the_value() {
 #[test]
 fn configz_has_upstream_field_names() {
     let c = parse(&["--cluster-cidr=10.244.0.0/16"]).unwrap();
-    let v = c.to_kube_proxy_configuration();
+    let v = serde_json::to_value(c.to_kube_proxy_configuration()).unwrap();
     assert_eq!(v["clusterCIDR"], "10.244.0.0/16");
     assert_eq!(v["nftables"]["syncPeriod"], "30s");
     assert_eq!(v["iptables"]["masqueradeBit"], 14);
     assert_eq!(v["mode"], "nftables");
+}
+
+#[test]
+fn written_config_reads_back_to_the_same_configuration() {
+    let c =
+        parse(&["--cluster-cidr=10.244.0.0/16", "--iptables-sync-period=45s", "--nodeport-addresses=primary"]).unwrap();
+    let dir = std::env::temp_dir().join(format!("kpr-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, c.to_yaml()).unwrap();
+    let flags = Flags { config: Some(path.clone()), ..Flags::default() };
+    let (back, warnings) = Config::load(&flags).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(back.sync_period, Duration::from_secs(45));
+    assert_eq!(back.cluster_cidrs, c.cluster_cidrs);
+    assert_eq!(back.nodeport_addresses, NodePortAddresses::Primary);
+    assert_eq!(
+        serde_json::to_value(back.to_kube_proxy_configuration()).unwrap(),
+        serde_json::to_value(c.to_kube_proxy_configuration()).unwrap()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn kubeadm_config_works_unchanged_and_flags_follow_upstream_precedence() {
+    let dir = std::env::temp_dir().join(format!("kpr-kubeadm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.conf");
+    std::fs::write(&path, include_str!("../../tests/fixtures/kubeadm-config.conf")).unwrap();
+    let mut argv = vec!["kube-proxy-rs".to_string(), format!("--config={}", path.display())];
+    argv.extend(["--hostname-override=node-7", "--iptables-sync-period=5s", "--v=3"].map(String::from));
+    let flags = Flags::try_parse_from(argv).unwrap();
+    let (c, warnings) = Config::load(&flags).unwrap();
+    assert!(warnings.is_empty());
+    assert_eq!(c.node_name(), "node-7", "--hostname-override applies over the file");
+    assert_eq!(c.verbosity, 3, "-v applies over the file");
+    assert_eq!(c.sync_period, Duration::from_secs(30), "other flags are ignored with --config; 0s means the default");
+    assert_eq!(c.cluster_cidrs[0].to_string(), "10.244.0.0/16");
+    assert_eq!(c.kubeconfig.as_deref(), Some(std::path::Path::new("/var/lib/kube-proxy/kubeconfig.conf")));
+    assert_eq!(c.healthz_bind_address.unwrap().to_string(), "0.0.0.0:10256", "empty in the file: the default");
+    std::fs::write(
+        &path,
+        include_str!("../../tests/fixtures/kubeadm-config.conf")
+            .replace("clusterCIDR: 10.244.0.0/16", "clusterCIDR: 10.244.0.0/99"),
+    )
+    .unwrap();
+    let err = Config::load(&flags).unwrap_err().to_string();
+    assert!(err.contains("clusterCIDR") && err.contains("line 10") && err.contains("10.244.0.0/99"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

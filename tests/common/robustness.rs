@@ -149,3 +149,33 @@ pub fn upstream_iptables_rules_are_taken_over(mode: Mode) {
         }
     }
 }
+
+pub fn config_file_is_used_and_a_change_restarts(mode: Mode) {
+    let kubeadm = include_str!("../fixtures/kubeadm-config.conf");
+    let conf = kubeadm
+        .replace("metricsBindAddress: \"\"", "metricsBindAddress: 127.0.0.1:10249")
+        .replace("  syncPeriod: 0s\nnodePortAddresses", "  syncPeriod: 45s\nnodePortAddresses")
+        .replace("mode: \"\"", &format!("mode: {}", mode.name()));
+    let c = Cluster::new(mode, &[("client", NODE), ("a", NODE)]);
+    let path = c.dir.join("config.conf");
+    std::fs::write(&path, &conf).unwrap();
+    let c = c.with_args(&["--config", &path.to_string_lossy(), "--iptables-sync-period=5s"]);
+    c.write_node(&[]);
+    let d = docs(&c, &["a"]);
+    c.write("r.yaml", &d);
+    c.start_proxy();
+    assert!(works(&c, "10.96.0.60:80"));
+    let cz: serde_json::Value = serde_json::from_str(&c.get(METRICS_ADDR, "/configz").body).unwrap();
+    let cz = &cz["kubeproxy.config.k8s.io"];
+    assert_eq!(cz["nftables"]["syncPeriod"], "45s", "the file wins over --iptables-sync-period: {cz}");
+    assert_eq!(cz["clusterCIDR"], "10.244.0.0/16");
+    assert_eq!(cz["hostnameOverride"], NODE, "--hostname-override still applies");
+    // A changed file makes the process exit (the DaemonSet restarts it with the new configuration).
+    std::fs::write(&path, conf.replace("45s", "50s")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.proxy_running() {
+        assert!(Instant::now() < deadline, "still running 5 s after its config file changed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(works(&c, "10.96.0.60:80"), "the rules stay while it restarts");
+}
