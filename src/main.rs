@@ -18,9 +18,9 @@ use kube_proxy_rs::lab;
 use kube_proxy_rs::model::IpFamily;
 use kube_proxy_rs::runner::pacer::Pacer;
 use kube_proxy_rs::runner::{HealthCheckPorts, Runner, read_interface_addresses};
-use kube_proxy_rs::sources::SourceEvent;
-use kube_proxy_rs::sources::kube as kube_source;
+use kube_proxy_rs::sources::kube::ConnectSettings;
 use kube_proxy_rs::sources::manifests::ManifestSource;
+use kube_proxy_rs::sources::{self, Source};
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
@@ -125,25 +125,6 @@ fn cleanup(config: &Config) -> ExitCode {
     }
 }
 
-/// Start the source of Services and EndpointSlices: the manifest directory, or else the API server.
-async fn start_source(config: &Config, tx: tokio::sync::mpsc::Sender<SourceEvent>) -> Result<(), String> {
-    if let Some(dir) = config.manifests.clone() {
-        tokio::spawn(async move {
-            if let Err(e) = ManifestSource::new(dir).run(tx).await {
-                tracing::error!(error = %e, "manifest source stopped");
-            }
-        });
-        return Ok(());
-    }
-    let settings =
-        kube_source::ConnectSettings { kubeconfig: config.kubeconfig.clone(), master: config.master.clone() };
-    let client = kube_source::client(&settings).await.map_err(|e| e.to_string())?;
-    let node = config.node_name();
-    tokio::spawn(kube_source::post_starting_event(client.clone(), node.clone()));
-    tokio::spawn(kube_source::KubeSource::new(client, node).run(tx));
-    Ok(())
-}
-
 async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(2 * config.sync_period));
@@ -160,7 +141,11 @@ async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCo
         tokio::spawn(http::serve("metrics", addr, http::metrics_router(admin.clone())));
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    if let Err(e) = start_source(&config, tx).await {
+    let source = match &config.manifests {
+        Some(dir) => Source::Manifests(dir.clone()),
+        None => Source::Api(ConnectSettings { kubeconfig: config.kubeconfig.clone(), master: config.master.clone() }),
+    };
+    if let Err(e) = sources::start(source, config.node_name(), tx).await {
         eprintln!("kube-proxy-rs: {e}");
         return ExitCode::FAILURE;
     }
