@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::dataplane::settings::{LocalDetection, NodePortAddresses, ProxySettings};
 use crate::model::IpFamily;
+use crate::nodesetup::{ConntrackSettings, NodeSetupSettings};
 pub use flags::{DetectLocalMode, Flags, ProxyMode};
 
 /// A configuration that cannot be used; the message names the flag (or field) and the bad value.
@@ -48,6 +49,10 @@ pub struct Config {
     pub healthz_bind_address: Option<SocketAddr>,
     pub metrics_bind_address: Option<SocketAddr>,
     pub cleanup: bool,
+    /// Node set-up (sysctls), then exit.
+    pub init_only: bool,
+    pub conntrack: ConntrackSettings,
+    pub oom_score_adj: i32,
     pub verbosity: u8,
 }
 
@@ -102,6 +107,18 @@ impl Config {
                 format!("must not exceed --iptables-sync-period ({})", duration::format(sync_period)),
             ));
         }
+        let defaults = ConntrackSettings::default();
+        // clap has refused negative values already (upstream's flags are int32, validated as >= 0).
+        let count = |n: Option<i32>, default: u32| n.map_or(default, |n| u32::try_from(n).unwrap_or(default));
+        let conntrack = ConntrackSettings {
+            max_per_core: count(f.conntrack_max_per_core, defaults.max_per_core),
+            min: count(f.conntrack_min, defaults.min),
+            tcp_established_timeout: f.conntrack_tcp_timeout_established.unwrap_or(defaults.tcp_established_timeout),
+            tcp_close_wait_timeout: f.conntrack_tcp_timeout_close_wait.unwrap_or(defaults.tcp_close_wait_timeout),
+            tcp_be_liberal: f.conntrack_tcp_be_liberal.unwrap_or(defaults.tcp_be_liberal),
+            udp_timeout: f.conntrack_udp_timeout.unwrap_or(defaults.udp_timeout),
+            udp_stream_timeout: f.conntrack_udp_timeout_stream.unwrap_or(defaults.udp_stream_timeout),
+        };
         Ok(Config {
             mode: f.proxy_mode.unwrap_or(ProxyMode::Nftables),
             manifests: f.manifests.clone(),
@@ -128,6 +145,10 @@ impl Config {
                 "127.0.0.1:10249",
             )?,
             cleanup: f.cleanup.unwrap_or(false),
+            init_only: f.init_only.unwrap_or(false),
+            conntrack,
+            // Upstream's default (qos.KubeProxyOOMScoreAdj): the proxy is among the last things to kill.
+            oom_score_adj: f.oom_score_adj.unwrap_or(-999),
             verbosity: f.verbosity.unwrap_or(0),
         })
     }
@@ -159,6 +180,12 @@ impl Config {
             local_detection,
             nodeport_addresses: self.nodeport_addresses.clone(),
         }
+    }
+
+    /// What node set-up must do before the proxy starts. Under --init-only the OOM score is left alone: the
+    /// process exits at once, and upstream sets it only when the proxy itself runs (`ProxyServer.Run`).
+    pub fn node_setup(&self) -> NodeSetupSettings {
+        NodeSetupSettings { conntrack: self.conntrack, oom_score_adj: (!self.init_only).then_some(self.oom_score_adj) }
     }
 
     /// The effective configuration in KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) shape, for
@@ -197,6 +224,16 @@ impl Config {
             "healthzBindAddress": addr(&self.healthz_bind_address),
             "metricsBindAddress": addr(&self.metrics_bind_address),
             "nodePortAddresses": nodeport_addresses,
+            "oomScoreAdj": self.oom_score_adj,
+            "conntrack": {
+                "maxPerCore": self.conntrack.max_per_core,
+                "min": self.conntrack.min,
+                "tcpEstablishedTimeout": duration::format(self.conntrack.tcp_established_timeout),
+                "tcpCloseWaitTimeout": duration::format(self.conntrack.tcp_close_wait_timeout),
+                "tcpBeLiberal": self.conntrack.tcp_be_liberal,
+                "udpTimeout": duration::format(self.conntrack.udp_timeout),
+                "udpStreamTimeout": duration::format(self.conntrack.udp_stream_timeout),
+            },
             "iptables": mode_section.clone(),
             "nftables": mode_section,
         })
