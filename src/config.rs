@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::dataplane::settings::{LocalDetection, NodePortAddresses, ProxySettings};
 use crate::model::IpFamily;
+use crate::nodesetup::{ConntrackSettings, NodeSetupSettings};
 pub use flags::{DetectLocalMode, Flags, ProxyMode};
 
 /// A configuration that cannot be used; the message names the flag (or field) and the bad value.
@@ -50,6 +51,10 @@ pub struct Config {
     pub healthz_bind_address: Option<SocketAddr>,
     pub metrics_bind_address: Option<SocketAddr>,
     pub cleanup: bool,
+    /// Node set-up (sysctls), then exit.
+    pub init_only: bool,
+    pub conntrack: ConntrackSettings,
+    pub oom_score_adj: i32,
     pub verbosity: u8,
 }
 
@@ -117,6 +122,18 @@ impl Config {
                 format!("must not exceed --iptables-sync-period ({})", duration::format(sync_period)),
             ));
         }
+        let defaults = ConntrackSettings::default();
+        // clap has refused negative values already (upstream's flags are int32, validated as >= 0).
+        let count = |n: Option<i32>, default: u32| n.map_or(default, |n| u32::try_from(n).unwrap_or(default));
+        let conntrack = ConntrackSettings {
+            max_per_core: count(f.conntrack_max_per_core, defaults.max_per_core),
+            min: count(f.conntrack_min, defaults.min),
+            tcp_established_timeout: f.conntrack_tcp_timeout_established.unwrap_or(defaults.tcp_established_timeout),
+            tcp_close_wait_timeout: f.conntrack_tcp_timeout_close_wait.unwrap_or(defaults.tcp_close_wait_timeout),
+            tcp_be_liberal: f.conntrack_tcp_be_liberal.unwrap_or(defaults.tcp_be_liberal),
+            udp_timeout: f.conntrack_udp_timeout.unwrap_or(defaults.udp_timeout),
+            udp_stream_timeout: f.conntrack_udp_timeout_stream.unwrap_or(defaults.udp_stream_timeout),
+        };
         Ok(Config {
             mode: f.proxy_mode.unwrap_or(ProxyMode::Nftables),
             manifests: f.manifests.clone(),
@@ -143,6 +160,10 @@ impl Config {
                 "127.0.0.1:10249",
             )?,
             cleanup: f.cleanup.unwrap_or(false),
+            init_only: f.init_only.unwrap_or(false),
+            conntrack,
+            // Upstream's default (qos.KubeProxyOOMScoreAdj): the proxy is among the last things to kill.
+            oom_score_adj: f.oom_score_adj.unwrap_or(-999),
             verbosity: f.verbosity.unwrap_or(0),
         })
     }
@@ -176,10 +197,16 @@ impl Config {
         }
     }
 
+    /// What node set-up must do before the proxy starts. Under --init-only the OOM score is left alone: the
+    /// process exits at once, and upstream sets it only when the proxy itself runs (`ProxyServer.Run`).
+    pub fn node_setup(&self) -> NodeSetupSettings {
+        NodeSetupSettings { conntrack: self.conntrack, oom_score_adj: (!self.init_only).then_some(self.oom_score_adj) }
+    }
+
     /// The effective configuration as a KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1), defaults
     /// included: what /configz serves and --write-config-to writes.
     pub fn to_kube_proxy_configuration(&self) -> file::KubeProxyConfiguration {
-        use file::{ClientConnection, DetectLocal, GoDuration, KubeProxyConfiguration, ModeSection};
+        use file::{ClientConnection, Conntrack, DetectLocal, GoDuration, KubeProxyConfiguration, ModeSection};
         let addr = |a: &Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         let mode_section = ModeSection {
             localhost_node_ports: None,
@@ -213,6 +240,16 @@ impl Config {
             metrics_bind_address: addr(&self.metrics_bind_address),
             mode: self.mode.name().into(),
             nftables: mode_section,
+            oom_score_adj: Some(self.oom_score_adj),
+            conntrack: Conntrack {
+                max_per_core: Some(self.conntrack.max_per_core as i32),
+                min: Some(self.conntrack.min as i32),
+                tcp_be_liberal: self.conntrack.tcp_be_liberal,
+                tcp_close_wait_timeout: Some(GoDuration(self.conntrack.tcp_close_wait_timeout)),
+                tcp_established_timeout: Some(GoDuration(self.conntrack.tcp_established_timeout)),
+                udp_stream_timeout: GoDuration(self.conntrack.udp_stream_timeout),
+                udp_timeout: GoDuration(self.conntrack.udp_timeout),
+            },
             node_port_addresses: match &self.nodeport_addresses {
                 NodePortAddresses::Default => None,
                 NodePortAddresses::Primary => Some(vec!["primary".into()]),

@@ -153,6 +153,9 @@ fn run(requests: u32, interrupted: &std::sync::atomic::AtomicBool) -> DemoResult
         &format!("--metrics-bind-address={METRICS}"),
         "--healthz-bind-address=127.0.0.1:10256",
         "--iptables-min-sync-period=0s",
+        // The lab node is not the initial network namespace: the conntrack table size is the machine's, and
+        // read-only from here (kind passes the same for the same reason).
+        "--conntrack-max-per-core=0",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -1,4 +1,5 @@
-//! The kube-proxy-rs binary: parse flags, wire sources → core → dataplane → runner, serve health and metrics.
+//! The kube-proxy-rs binary: parse flags, set up the node, wire sources → core → dataplane → runner, serve health
+//! and metrics.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use kube_proxy_rs::dataplane::nftables::NftablesDataplane;
 use kube_proxy_rs::dataplane::nftables::transport::NftCommand;
 use kube_proxy_rs::lab;
 use kube_proxy_rs::model::IpFamily;
+use kube_proxy_rs::nodesetup::NodeSetup;
 use kube_proxy_rs::runner::pacer::Pacer;
 use kube_proxy_rs::runner::{HealthCheckPorts, Runner, read_interface_addresses};
 use kube_proxy_rs::sources::kube::ConnectSettings;
@@ -66,6 +68,19 @@ fn main() -> ExitCode {
     {
         eprintln!("kube-proxy-rs: --manifests: {e}");
         return ExitCode::FAILURE;
+    }
+    // As upstream: set the conntrack sysctls before anything else, and stop if that fails.
+    match NodeSetup::host().apply(&config.node_setup()) {
+        Ok(report) => {
+            tracing::info!(changes = report.changes.len(), conntrack_max = ?report.conntrack_max, "node set up")
+        }
+        Err(e) => {
+            eprintln!("kube-proxy-rs: could not set conntrack parameters: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if config.init_only {
+        return ExitCode::SUCCESS;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match runtime {

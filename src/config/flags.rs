@@ -109,6 +109,46 @@ pub struct Flags {
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_bind_address: Option<String>,
 
+    /// Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore
+    /// --conntrack-min) (default 32768).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub conntrack_max_per_core: Option<i32>,
+
+    /// Minimum number of conntrack entries to allocate, regardless of --conntrack-max-per-core (set
+    /// --conntrack-max-per-core=0 to leave the limit as-is) (default 131072).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub conntrack_min: Option<i32>,
+
+    /// Idle timeout for established TCP connections (0 to leave as-is) (default 24h0m0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Option<Duration>,
+
+    /// NAT timeout for TCP connections in the CLOSE_WAIT state (0 to leave as-is) (default 1h0m0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Option<Duration>,
+
+    /// Enable liberal mode for tracking TCP packets by setting nf_conntrack_tcp_be_liberal to 1 (false leaves
+    /// it as-is).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+
+    /// Idle timeout for UNREPLIED UDP connections (0 to leave as-is) (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_udp_timeout: Option<Duration>,
+
+    /// Idle timeout for ASSURED UDP connections (0 to leave as-is) (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_udp_timeout_stream: Option<Duration>,
+
+    /// The oom_score_adj of this process, within [-1000, 1000] (default -999).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub oom_score_adj: Option<i32>,
+
+    /// Perform the initialization that needs full root privileges (conntrack sysctls), then exit. Afterwards
+    /// the proxy, given the same flags, can run with only CAP_NET_ADMIN.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
+    pub init_only: Option<bool>,
+
     /// Remove every rule this program creates, in every mode, then exit.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_bool)]
     pub cleanup: Option<bool>,

@@ -63,6 +63,15 @@ pub fn flags_from_file(path: &str, d: &Decoded, cmdline: &Flags) -> Result<Flags
     f.metrics_bind_address = nonempty(&c.metrics_bind_address).map(str::to_string);
     f.kubeconfig = nonempty(&c.client_connection.kubeconfig).map(Into::into);
     f.hostname_override = nonempty(&c.hostname_override).map(str::to_string);
+    // Conntrack: null means the default; an explicit 0 means "leave the kernel's value alone".
+    f.conntrack_max_per_core = c.conntrack.max_per_core;
+    f.conntrack_min = c.conntrack.min;
+    f.conntrack_tcp_timeout_established = c.conntrack.tcp_established_timeout.map(|d| d.0);
+    f.conntrack_tcp_timeout_close_wait = c.conntrack.tcp_close_wait_timeout.map(|d| d.0);
+    f.conntrack_tcp_be_liberal = Some(c.conntrack.tcp_be_liberal);
+    f.conntrack_udp_timeout = Some(c.conntrack.udp_timeout.0);
+    f.conntrack_udp_timeout_stream = Some(c.conntrack.udp_stream_timeout.0);
+    f.oom_score_adj = c.oom_score_adj;
     f.verbosity = c.logging.get("verbosity").and_then(|v| v.as_u64()).map(|v| v.min(u8::MAX as u64) as u8);
 
     // Upstream applies these command-line flags over the file.
@@ -76,6 +85,7 @@ pub fn flags_from_file(path: &str, d: &Decoded, cmdline: &Flags) -> Result<Flags
     f.config = cmdline.config.clone();
     f.write_config_to = cmdline.write_config_to.clone();
     f.cleanup = cmdline.cleanup;
+    f.init_only = cmdline.init_only;
     f.manifests = cmdline.manifests.clone();
     f.master = cmdline.master.clone();
     Ok(f)

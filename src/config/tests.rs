@@ -126,3 +126,90 @@ fn kubeadm_config_works_unchanged_and_flags_follow_upstream_precedence() {
     assert!(err.contains("clusterCIDR") && err.contains("line 10") && err.contains("10.244.0.0/99"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn node_setup_flags_have_upstreams_defaults() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.conntrack, ConntrackSettings::default());
+    assert_eq!(c.conntrack.max_per_core, 32768);
+    assert_eq!(c.conntrack.min, 131072);
+    assert_eq!(c.conntrack.tcp_established_timeout, Duration::from_secs(24 * 3600));
+    assert_eq!(c.conntrack.tcp_close_wait_timeout, Duration::from_secs(3600));
+    assert!(!c.conntrack.tcp_be_liberal);
+    assert_eq!((c.conntrack.udp_timeout, c.conntrack.udp_stream_timeout), (Duration::ZERO, Duration::ZERO));
+    assert_eq!(c.oom_score_adj, -999);
+    assert!(!c.init_only);
+    assert_eq!(c.node_setup().oom_score_adj, Some(-999));
+}
+
+#[test]
+fn node_setup_flags_are_parsed() {
+    let c = parse(&[
+        "--conntrack-max-per-core=0",
+        "--conntrack-min",
+        "0",
+        "--conntrack-tcp-timeout-established=2h",
+        "--conntrack-tcp-timeout-close-wait=0s",
+        "--conntrack-tcp-be-liberal",
+        "--conntrack-udp-timeout=45s",
+        "--conntrack-udp-timeout-stream=3m",
+        "--oom-score-adj",
+        "-500",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.conntrack,
+        ConntrackSettings {
+            max_per_core: 0,
+            min: 0,
+            tcp_established_timeout: Duration::from_secs(7200),
+            tcp_close_wait_timeout: Duration::ZERO,
+            tcp_be_liberal: true,
+            udp_timeout: Duration::from_secs(45),
+            udp_stream_timeout: Duration::from_secs(180),
+        }
+    );
+    assert_eq!(c.oom_score_adj, -500);
+    assert_eq!(parse(&["--oom-score-adj=1000"]).unwrap().oom_score_adj, 1000);
+    assert!(!parse(&["--conntrack-tcp-be-liberal=false"]).unwrap().conntrack.tcp_be_liberal);
+}
+
+#[test]
+fn init_only_leaves_the_oom_score_alone() {
+    // Upstream sets the OOM score in ProxyServer.Run, which --init-only never reaches.
+    let c = parse(&["--init-only", "--oom-score-adj=-900"]).unwrap();
+    assert!(c.init_only);
+    assert_eq!(c.node_setup(), NodeSetupSettings { conntrack: c.conntrack, oom_score_adj: None });
+    assert!(!parse(&["--init-only=false"]).unwrap().init_only);
+}
+
+#[test]
+fn bad_node_setup_values_name_the_flag_and_the_value() {
+    for (arg, flag, value) in [
+        ("--oom-score-adj=1001", "--oom-score-adj", "1001"),
+        ("--oom-score-adj=-1001", "--oom-score-adj", "-1001"),
+        ("--conntrack-max-per-core=-1", "--conntrack-max-per-core", "-1"),
+        ("--conntrack-min=-5", "--conntrack-min", "-5"),
+        ("--conntrack-udp-timeout=5x", "--conntrack-udp-timeout", "5x"),
+        ("--conntrack-tcp-timeout-established=-1s", "--conntrack-tcp-timeout-established", "-1s"),
+        ("--conntrack-tcp-be-liberal=yes", "--conntrack-tcp-be-liberal", "yes"),
+        ("--init-only=maybe", "--init-only", "maybe"),
+    ] {
+        let err = parse(&[arg]).unwrap_err();
+        assert!(err.contains(flag) && err.contains(value), "{arg}: {err}");
+    }
+}
+
+#[test]
+fn configz_has_upstreams_conntrack_and_oom_fields() {
+    let v = serde_json::to_value(parse(&["--conntrack-udp-timeout=45s"]).unwrap().to_kube_proxy_configuration()).unwrap();
+    assert_eq!(v["oomScoreAdj"], -999);
+    let conntrack = &v["conntrack"];
+    assert_eq!(conntrack["maxPerCore"], 32768);
+    assert_eq!(conntrack["min"], 131072);
+    assert_eq!(conntrack["tcpEstablishedTimeout"], "24h0m0s");
+    assert_eq!(conntrack["tcpCloseWaitTimeout"], "1h0m0s");
+    assert_eq!(conntrack["tcpBeLiberal"], false);
+    assert_eq!(conntrack["udpTimeout"], "45s");
+    assert_eq!(conntrack["udpStreamTimeout"], "0s");
+}

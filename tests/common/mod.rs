@@ -139,6 +139,9 @@ impl Cluster {
             format!("--metrics-bind-address={METRICS_ADDR}"),
             format!("--healthz-bind-address={HEALTHZ_ADDR}"),
             "--iptables-min-sync-period=0s".into(),
+            // The lab node is not the initial network namespace: the conntrack table size is the machine's, and
+            // read-only from here (kind passes the same for the same reason).
+            "--conntrack-max-per-core=0".into(),
             "--v=4".into(),
         ];
         argv.extend(self.source_args.iter().cloned());
