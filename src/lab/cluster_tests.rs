@@ -69,6 +69,12 @@ fn a_built_lab_routes_as_designed_and_leaves_nothing_behind() {
 
     // A process the caller started and forgot is killed on drop, and every namespace goes away.
     let mut stray = lab.spawn(&pod_a, &["sleep", "600"]).unwrap();
+    // `ip netns exec` joins the namespace after the spawn returns: wait until it has, or it could miss the kill.
+    let joined = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !lab.netns(&pod_a).unwrap().pids().contains(&stray.id()) {
+        assert!(std::time::Instant::now() < joined, "the stray process never entered the pod namespace");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let names: Vec<String> =
         [&node, &outside, &pod_a, &Where::pod("b")].iter().map(|w| lab.netns(w).unwrap().name().to_string()).collect();
     drop(lab);
