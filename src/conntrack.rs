@@ -148,5 +148,11 @@ impl ConntrackCleaner {
     }
 }
 
+// The runner may keep the cleaner on another thread than the one that made it.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<ConntrackCleaner>();
+};
+
 #[cfg(test)]
 mod kernel_tests;

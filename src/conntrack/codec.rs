@@ -54,19 +54,24 @@ fn emit(out: &mut Vec<u8>, family: IpFamily, flags: u16, seq: u32, message: Conn
 /// A request to dump the conntrack table of one family. With `protocol`, the kernel itself skips entries of
 /// other L4 protocols (CTA_FILTER, Linux 5.8+); without, every entry of the family comes back.
 pub fn dump_request(out: &mut Vec<u8>, family: IpFamily, protocol: Option<u8>, seq: u32) {
+    let start = out.len();
     let mut attributes = Vec::new();
     if let Some(protocol) = protocol {
         attributes
             .push(ConntrackAttribute::CtaTupleOrig(vec![Tuple::Proto(vec![ProtoTuple::Protocol(protocol.into())])]));
-        // One nested attribute: { CTA_FILTER_ORIG_FLAGS: u32 }. The kernel parses CTA_FILTER strictly, so the
-        // nested flag must be set.
-        let mut flags = Vec::with_capacity(8);
-        flags.extend_from_slice(&8u16.to_ne_bytes());
-        flags.extend_from_slice(&CTA_FILTER_ORIG_FLAGS.to_ne_bytes());
-        flags.extend_from_slice(&CTA_FILTER_F_PROTO_NUM.to_ne_bytes());
-        attributes.push(ConntrackAttribute::Other(DefaultNla::new(CTA_FILTER | NLA_F_NESTED, flags)));
     }
     emit(out, family, NLM_F_REQUEST | NLM_F_DUMP, seq, ConntrackMessage::Get(attributes));
+    if protocol.is_some() {
+        // CTA_FILTER { CTA_FILTER_ORIG_FLAGS: u32 }, appended by hand: the kernel parses CTA_FILTER strictly and
+        // wants NLA_F_NESTED on it, which the crate drops from attributes it does not know.
+        out.extend_from_slice(&12u16.to_ne_bytes());
+        out.extend_from_slice(&(CTA_FILTER | NLA_F_NESTED).to_ne_bytes());
+        out.extend_from_slice(&8u16.to_ne_bytes());
+        out.extend_from_slice(&CTA_FILTER_ORIG_FLAGS.to_ne_bytes());
+        out.extend_from_slice(&CTA_FILTER_F_PROTO_NUM.to_ne_bytes());
+        let len = (out.len() - start) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
 }
 
 /// The tuple attributes of one direction of a flow, as the kernel looks entries up by.

@@ -33,8 +33,9 @@ pub struct Flow {
     pub reply: FlowTuple,
     /// Conntrack zone (0 is the default zone); needed to find the entry again when deleting it.
     pub zone: u16,
-    /// The kernel's id of the entry (CTA_ID), when the dump gave one. A delete that carries it removes only
-    /// this very entry, never a newer one that happens to have the same tuple.
+    /// The kernel's id of the entry (CTA_ID), when the dump gave one. A delete that carries it spares a newer
+    /// entry with the same tuple made after the dump (unless the kernel reused the very same memory for it, in
+    /// which case the id repeats; deleting that fresh entry only makes its next packet go through the rules).
     pub id: Option<u32>,
 }
 

@@ -78,6 +78,13 @@ impl ConntrackSocket {
         Ok(ConntrackSocket { socket, netns, seq: 0, buf: vec![0; RECV_BUF], kernel_filter: true })
     }
 
+    /// Read whole tables and filter here, as on a kernel that refuses CTA_FILTER.
+    #[cfg(test)]
+    pub fn without_kernel_filter(mut self) -> Self {
+        self.kernel_filter = false;
+        self
+    }
+
     /// The network namespace the socket talks to.
     pub fn netns(&self) -> NetnsId {
         self.netns
@@ -125,15 +132,18 @@ impl ConntrackSocket {
         out: &mut Vec<Flow>,
     ) -> Result<DumpStats, ConntrackError> {
         let mut stats = DumpStats::default();
+        let before = out.len();
         if self.kernel_filter {
             for &protocol in protocols {
                 match self.dump_one(family, Some(protocol), protocols, out, &mut stats) {
-                    // Kernels before 5.8 do not know CTA_FILTER; read everything and filter here instead.
+                    // A kernel that knows CTA_FILTER but refuses it: read everything and filter here instead.
                     Err(ConntrackError::Kernel { source, .. })
                         if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
                     {
                         tracing::info!("kernel refused a filtered conntrack dump ({source}); filtering in userspace");
                         self.kernel_filter = false;
+                        out.truncate(before); // what earlier protocols read comes again below
+                        stats = DumpStats::default();
                         break;
                     }
                     result => result?,
@@ -160,6 +170,7 @@ impl ConntrackSocket {
         let mut request = Vec::new();
         codec::dump_request(&mut request, family, filter, seq);
         self.send(&request, OP)?;
+        let wanted = |protocol: u8| filter.map_or(protocols.contains(&protocol), |only| only == protocol);
         loop {
             let Some(n) = self.recv(true, OP)? else { continue };
             for reply in codec::replies(&self.buf[..n]) {
@@ -175,9 +186,9 @@ impl ConntrackSocket {
                     continue; // left over from an earlier request
                 }
                 match reply {
-                    Reply::Entry(Some(flow)) if flow.family == family && protocols.contains(&flow.protocol) => {
-                        out.push(flow)
-                    }
+                    // Check here too: a kernel that ignores CTA_FILTER (before 5.8 it is silently skipped)
+                    // sends every entry of the family.
+                    Reply::Entry(Some(flow)) if flow.family == family && wanted(flow.protocol) => out.push(flow),
                     Reply::Entry(Some(_)) | Reply::Other => {}
                     Reply::Entry(None) => stats.undecodable += 1,
                     Reply::Done { code } if code < 0 => return Err(kernel(OP, code)),
