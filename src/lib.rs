@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod conntrack;
 pub mod core;
 pub mod dataplane;
 pub mod demo;
