@@ -11,6 +11,7 @@ use kube_proxy_rs::admin::metrics::Metrics;
 use kube_proxy_rs::admin::service_health::ServiceHealthServers;
 use kube_proxy_rs::config::flags::Command;
 use kube_proxy_rs::config::{Config, Flags, ProxyMode};
+use kube_proxy_rs::conntrack::ConntrackCleaner;
 use kube_proxy_rs::core::ClusterState;
 use kube_proxy_rs::dataplane::Dataplane;
 use kube_proxy_rs::dataplane::nftables::NftablesDataplane;
@@ -164,7 +165,7 @@ async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCo
         eprintln!("kube-proxy-rs: {e}");
         return ExitCode::FAILURE;
     }
-    let runner = Runner::new(
+    let mut runner = Runner::new(
         ClusterState::new(config.node_name()),
         Box::new(nftables(&config)),
         Pacer::new(config.min_sync_period, config.sync_period),
@@ -176,6 +177,13 @@ async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCo
             default_is_primary: config.mode == ProxyMode::Nftables,
         },
     );
+    runner.conntrack = match ConntrackCleaner::new() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no conntrack netlink: stale UDP/SCTP flows will not be cleaned");
+            None
+        }
+    };
     tracing::info!(mode = config.mode.name(), node = %config.node_name(), "kube-proxy-rs starting");
     let config_changed = async {
         match &flags_config {

@@ -13,6 +13,7 @@ use tokio::time::sleep_until;
 use crate::admin::health::ProxyHealth;
 use crate::admin::metrics::Metrics;
 use crate::admin::service_health::{self, ServiceHealthServers};
+use crate::conntrack::ConntrackCleaner;
 use crate::core::{Changes, ClusterState};
 use crate::dataplane::settings::NodePortAddresses;
 use crate::dataplane::{Dataplane, SyncKind};
@@ -39,6 +40,8 @@ pub struct Runner {
     pub health: Arc<ProxyHealth>,
     pub interface_addresses: InterfaceAddresses,
     pub health_checks: HealthCheckPorts,
+    /// UDP/SCTP conntrack reconciliation after syncs (None where conntrack netlink is unavailable).
+    pub conntrack: Option<ConntrackCleaner>,
     /// Changes of a failed sync, kept for the retry.
     leftover: Option<Changes>,
     full_next: bool,
@@ -66,6 +69,7 @@ impl Runner {
             health,
             interface_addresses,
             health_checks,
+            conntrack: None,
             leftover: None,
             full_next: true,
             last_full: None,
@@ -168,6 +172,9 @@ impl Runner {
                 }
                 self.count_no_local_endpoints();
                 self.sync_health_checks();
+                if kind != SyncKind::Nothing || reason == Reason::Periodic {
+                    self.clean_conntrack();
+                }
                 self.pacer.finished(started, true);
             }
             Err(e) => {
@@ -179,6 +186,17 @@ impl Runner {
                 self.leftover = Some(changes);
                 self.pacer.finished(started, false);
             }
+        }
+    }
+
+    /// Delete UDP/SCTP flows that still point where the rules no longer send them.
+    fn clean_conntrack(&mut self) {
+        let Some(cleaner) = self.conntrack.as_mut() else { return };
+        let desired = self.state.desired();
+        match tokio::task::block_in_place(|| cleaner.reconcile(desired)) {
+            Ok(report) if report.deleted > 0 => tracing::info!(?report, "deleted stale conntrack entries"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "conntrack cleanup failed; retried after the next sync"),
         }
     }
 

@@ -52,6 +52,7 @@ scenarios!(
     upstream_nftables_table_is_taken_over,
     upstream_iptables_rules_are_taken_over,
     config_file_is_used_and_a_change_restarts,
+    udp_flows_follow_endpoint_changes,
 );
 
 scenarios!(

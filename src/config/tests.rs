@@ -202,7 +202,8 @@ fn bad_node_setup_values_name_the_flag_and_the_value() {
 
 #[test]
 fn configz_has_upstreams_conntrack_and_oom_fields() {
-    let v = serde_json::to_value(parse(&["--conntrack-udp-timeout=45s"]).unwrap().to_kube_proxy_configuration()).unwrap();
+    let v =
+        serde_json::to_value(parse(&["--conntrack-udp-timeout=45s"]).unwrap().to_kube_proxy_configuration()).unwrap();
     assert_eq!(v["oomScoreAdj"], -999);
     let conntrack = &v["conntrack"];
     assert_eq!(conntrack["maxPerCore"], 32768);

@@ -179,3 +179,32 @@ pub fn config_file_is_used_and_a_change_restarts(mode: Mode) {
     }
     assert!(works(&c, "10.96.0.60:80"), "the rules stay while it restarts");
 }
+
+pub fn udp_flows_follow_endpoint_changes(mode: Mode) {
+    let c = start(mode, &[("client", NODE), ("a", NODE), ("b", NODE)], &["a"], &[]);
+    for (family, vip) in [(V4, "10.96.0.60:53"), (V6, "[fd00:96::60]:53")] {
+        let spec =
+            ProbeSpec::udp(vip.parse().unwrap()).source_port(40000 + family as u16).timeout(Duration::from_millis(300));
+        let r = c.probe(&Where::pod("client"), &spec.clone().count(3));
+        assert!(r.iter().all(|x| x.pod() == Some("a")), "{family:?}: {r:?}");
+        // The backend is replaced while the client keeps its source port (one conntrack flow): without cleanup
+        // the flow would stay pinned to a, which is still up and would keep answering.
+        c.write("r.yaml", &docs(&c, &["b"]));
+        let (r, took) =
+            c.probe_until(&Where::pod("client"), &spec, Duration::from_secs(3), |r| r[0].pod() == Some("b"));
+        assert_eq!(r[0].pod(), Some("b"), "{family:?}: the flow still goes to a after {took:?}");
+        c.write("r.yaml", &docs(&c, &["a"]));
+        let (r, _) = c.probe_until(&Where::pod("client"), &spec, Duration::from_secs(3), |r| r[0].pod() == Some("a"));
+        assert_eq!(r[0].pod(), Some("a"));
+    }
+    // From no endpoints to some: the client's first datagrams found nothing; once there is an endpoint, the same
+    // flow reaches it.
+    c.write("r.yaml", &docs(&c, &[]));
+    let spec = ProbeSpec::udp("10.96.0.60:53".parse().unwrap()).source_port(40100).timeout(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
+    let r = c.probe(&Where::pod("client"), &spec);
+    assert!(r[0].pod().is_none(), "{r:?}");
+    c.write("r.yaml", &docs(&c, &["b"]));
+    let (r, took) = c.probe_until(&Where::pod("client"), &spec, Duration::from_secs(3), |r| r[0].pod() == Some("b"));
+    assert_eq!(r[0].pod(), Some("b"), "not answered {took:?} after the endpoint appeared");
+}
