@@ -140,7 +140,7 @@ fn run(size: usize, a: &Args) {
     assert!(out.is_ok(), "cleanup: {out:?}");
 
     // N services, from an empty kernel.
-    let bytes = gen::write_services(&dir, 8..size - 2, a.endpoints, NODE);
+    let bytes = generate::write_services(&dir, 8..size - 2, a.endpoints, NODE);
     let (p, started) = start_proxy(&lab, &dir, &a.proxy_args);
     let first = wait_synced(node_ns, 1.0, Duration::from_secs(600)).expect("first sync");
     let m = measure::metrics(node_ns).unwrap();

@@ -63,6 +63,13 @@ pub fn connection_rate(netns: &Netns, target: SocketAddr, workers: usize, second
                 nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
                 while Instant::now() < end {
                     let ok = TcpStream::connect_timeout(&target, Duration::from_secs(1)).ok().and_then(|s| {
+                        // Close with a reset: no TIME_WAIT, so the client's ports never run out (that, not the
+                        // proxy, would otherwise bound the rate after a few seconds).
+                        let _ = nix::sys::socket::setsockopt(
+                            &s,
+                            nix::sys::socket::sockopt::Linger,
+                            &libc::linger { l_onoff: 1, l_linger: 0 },
+                        );
                         let mut line = String::new();
                         BufReader::new(s).read_line(&mut line).ok().filter(|n| *n > 0)
                     });
