@@ -19,7 +19,7 @@ fn config(family: Family) -> FamilyConfig {
         family,
         masquerade_mark: 0x4000,
         masquerade_all: false,
-        local: LocalTraffic::Cidrs(vec![cidr.parse().unwrap()]),
+        local: LocalTraffic::Cidr(cidr.parse().unwrap()),
         nodeports: NodePortAddresses::Listed,
         node_ips: vec![],
     }

@@ -12,7 +12,7 @@ fn config() -> FamilyConfig {
         family: Family::Ip,
         masquerade_mark: 0x4000,
         masquerade_all: false,
-        local: LocalTraffic::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
+        local: LocalTraffic::Cidr("10.244.0.0/16".parse().unwrap()),
         nodeports: super::super::ruleset::NodePortAddresses::Listed,
         node_ips: vec![],
     }
@@ -212,4 +212,33 @@ fn affinity_timeout_change_recreates_sets_and_rewrites_chains_using_them() {
             < pos("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5")
     );
     assert!(pos("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5") < pos("add rule ip kube-proxy-rs svc-"));
+}
+
+#[test]
+fn source_ranges_return_to_the_base_chain_and_everything_else_is_dropped() {
+    let mut a = port("a", "10.96.0.1", &["10.244.0.5"]);
+    a.load_balancer_ips = vec!["198.51.100.9".parse().unwrap()];
+    a.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap(), "203.0.113.0/25".parse().unwrap()];
+    let mut cfg = config();
+    cfg.node_ips = vec!["192.0.2.7".parse().unwrap()];
+    let (tx, _) = full(&cfg, &state(&[a]), vec![]);
+    let firewall: Vec<String> =
+        lines(&tx).into_iter().filter(|l| l.starts_with("add rule ip kube-proxy-rs firewall-ns/a/tcp/http ")).collect();
+    assert_eq!(
+        firewall,
+        [
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http ip saddr 192.0.2.0/24 return",
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http ip saddr 203.0.113.0/25 return",
+            // The node is inside an allowed range: it may reach its own LB IP with the LB IP as source.
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http ip saddr 198.51.100.9/32 return",
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http drop",
+        ]
+    );
+    assert!(
+        text::script(&tx).contains(
+            "add element ip kube-proxy-rs firewall-ips { 198.51.100.9 . tcp . 80 : goto firewall-ns/a/tcp/http }"
+        ),
+        "{}",
+        text::script(&tx)
+    );
 }

@@ -49,8 +49,9 @@ const FIREWALL_CHECK: &str = "firewall-check";
 pub enum LocalTraffic {
     /// Not detectable: nothing is masqueraded because of its source.
     Undetectable,
-    /// Sources inside these CIDRs (ClusterCIDR, or NodeCIDR from the Node's podCIDRs).
-    Cidrs(Vec<IpNet>),
+    /// Sources inside this CIDR (ClusterCIDR, or NodeCIDR from the Node's podCIDRs). One per family: the
+    /// configuration allows no more, so a single prefix match does it.
+    Cidr(IpNet),
     /// Packets arriving on this bridge (BridgeInterface).
     Bridge(String),
     /// Packets arriving on interfaces with this name prefix (InterfaceNamePrefix).
@@ -116,11 +117,7 @@ impl FamilyConfig {
     fn not_local(&self) -> Option<Stmt> {
         match &self.local {
             LocalTraffic::Undetectable => None,
-            LocalTraffic::Cidrs(nets) if nets.is_empty() => None,
-            LocalTraffic::Cidrs(nets) if nets.len() == 1 => {
-                Some(Stmt::Cmp { field: Field::Saddr, value: Value::Net(nets[0]), negate: true })
-            }
-            LocalTraffic::Cidrs(nets) => Some(Stmt::InNets { field: Field::Saddr, nets: nets.clone(), negate: true }),
+            LocalTraffic::Cidr(net) => Some(Stmt::Cmp { field: Field::Saddr, value: Value::Net(*net), negate: true }),
             LocalTraffic::Bridge(name) => {
                 Some(Stmt::Cmp { field: Field::Iifname, value: Value::Iface(name.clone()), negate: true })
             }
@@ -134,7 +131,6 @@ impl FamilyConfig {
     fn is_local(&self) -> Option<Stmt> {
         self.not_local().map(|s| match s {
             Stmt::Cmp { field, value, .. } => Stmt::Cmp { field, value, negate: false },
-            Stmt::InNets { field, nets, .. } => Stmt::InNets { field, nets, negate: false },
             other => other,
         })
     }
@@ -143,7 +139,7 @@ impl FamilyConfig {
     pub fn skeleton(&self) -> Vec<Op> {
         use DataType::{Addr, Index, Port, Proto};
         let set = |name: &str, key: Vec<DataType>, data: Vec<DataType>| {
-            Op::AddSet(SetDef { name: name.into(), key, data, interval: false, timeout: None })
+            Op::AddSet(SetDef { name: name.into(), key, data, timeout: None })
         };
         let mut ops = vec![
             set(CLUSTER_IPS, vec![Addr], vec![]),
@@ -368,10 +364,19 @@ impl FamilyConfig {
             // The node may reach its own LB IP with the LB IP as source (VIP on a local route).
             allowed.extend(p.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
         }
-        out.chains.push((
-            chain.clone(),
-            vec![vec![Stmt::InNets { field: Field::Saddr, nets: allowed, negate: true }, Stmt::Verdict(Verdict::Drop)]],
-        ));
+        // One `return` per allowed range, then `drop`. The chain is entered by goto from `firewall-check`, so
+        // `return` resumes the filter base chain that jumped there, exactly as falling off the end would.
+        let mut rules: Vec<Rule> = allowed
+            .into_iter()
+            .map(|net| {
+                vec![
+                    Stmt::Cmp { field: Field::Saddr, value: Value::Net(net), negate: false },
+                    Stmt::Verdict(Verdict::Return),
+                ]
+            })
+            .collect();
+        rules.push(vec![Stmt::Verdict(Verdict::Drop)]);
+        out.chains.push((chain.clone(), rules));
         for ip in &p.load_balancer_ips {
             out.elements.push((
                 FIREWALL_IPS,
@@ -445,7 +450,6 @@ impl FamilyConfig {
             name: set.clone(),
             key: vec![DataType::Addr],
             data: vec![],
-            interval: false,
             timeout: p.session_affinity_timeout,
         });
         out.chains.push((

@@ -61,10 +61,6 @@ fn stmt(f: Family, s: &Stmt) -> String {
         Stmt::Cmp { field: fl, value: v, negate } => {
             format!("{} {}{}", field(f, fl), if *negate { "!= " } else { "" }, value(v))
         }
-        Stmt::InNets { field: fl, nets, negate } => {
-            let list = nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
-            format!("{} {}{{ {list} }}", field(f, fl), if *negate { "!= " } else { "" })
-        }
         Stmt::MarkMatch { mask, value } => format!("meta mark & {mask:#010x} == {value:#010x}"),
         Stmt::CtStateNew => "ct state new".into(),
         Stmt::CtStatusDnat => "ct status dnat".into(),
@@ -127,12 +123,8 @@ fn set_spec(f: Family, s: &SetDef) -> String {
         }
         out.push_str(" ; ");
     }
-    match (s.interval, s.timeout) {
-        (true, _) => out.push_str("flags interval ; "),
-        (false, Some(t)) => {
-            let _ = write!(out, "flags dynamic,timeout ; timeout {t}s ; ");
-        }
-        (false, None) => {}
+    if let Some(t) = s.timeout {
+        let _ = write!(out, "flags dynamic,timeout ; timeout {t}s ; ");
     }
     out.push('}');
     out
