@@ -2,6 +2,7 @@
 //! one atomic transaction per family and sync.
 
 pub mod ir;
+pub mod netlink;
 mod plan;
 pub mod ruleset;
 pub mod text;
