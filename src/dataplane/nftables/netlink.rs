@@ -16,7 +16,7 @@ mod sys;
 use std::io;
 
 pub use self::objects::{Batch, Origin, encode};
-use self::socket::{NfSocket, Received, Reply};
+use self::socket::{ErrorReport, NfSocket, Received, Reply};
 use self::sys::*;
 use super::ir::{Family, Op, Transaction};
 use super::text;
@@ -63,18 +63,18 @@ impl NetlinkTransport {
     pub fn send(&mut self, tx: &Transaction, batch: &Batch) -> Result<(), TransportError> {
         let io = |what: &str, e: io::Error| TransportError::Io(format!("netlink {what}: {e}"));
         self.socket.send(&batch.bytes).map_err(|e| io("send", e))?;
-        let mut failures: Vec<(u32, i32, Option<String>)> = Vec::new();
+        let mut failures: Vec<(u32, ErrorReport)> = Vec::new();
         let mut lost = false;
         let mut note = |replies: Vec<Reply>, barrier: Option<u32>| -> bool {
             let mut done = false;
             for r in replies {
                 if Some(r.seq) == barrier {
                     done = true;
-                } else if let Some((errno, msg)) = r.error
-                    && errno != 0
+                } else if let Some(e) = r.error
+                    && e.errno != 0
                     && batch.contains(r.seq)
                 {
-                    failures.push((r.seq, errno, msg));
+                    failures.push((r.seq, e));
                 }
             }
             done
@@ -115,10 +115,13 @@ impl NetlinkTransport {
                 Ok(())
             };
         }
-        failures.sort_by_key(|(seq, ..)| seq.wrapping_sub(batch.first_seq));
-        let (seq, errno, msg) = &failures[0];
-        let mut text = format!("{}: {}", describe(tx, batch.origin(*seq)), io::Error::from_raw_os_error(*errno));
-        if let Some(msg) = msg {
+        // The first failure is the cause; later ones may follow from it.
+        failures.sort_by_key(|(seq, _)| seq.wrapping_sub(batch.first_seq));
+        let (seq, e) = &failures[0];
+        let element = e.offset.and_then(|offset| batch.element_at(*seq, offset));
+        let mut text =
+            format!("{}: {}", describe(tx, batch.origin(*seq), element), io::Error::from_raw_os_error(e.errno));
+        if let Some(msg) = &e.text {
             text.push_str(&format!(" ({msg})"));
         }
         if failures.len() > 1 {
@@ -128,13 +131,15 @@ impl NetlinkTransport {
     }
 }
 
-/// The failed operation as `nft` text; for element lists only the elements of the failed message.
-fn describe(tx: &Transaction, origin: Option<&Origin>) -> String {
+/// The failed operation as `nft` text; for element lists only the element the kernel pointed at, else the
+/// elements of the failed message.
+fn describe(tx: &Transaction, origin: Option<&Origin>, element: Option<usize>) -> String {
     let Some(origin) = origin else {
         return "the batch".into();
     };
     let op = &tx.ops[origin.op];
-    let part = match (op, &origin.elements) {
+    let elements = element.map(|i| i..i + 1).or_else(|| origin.elements.clone());
+    let part = match (op, &elements) {
         (Op::AddElements { set, elements }, Some(r)) => {
             Op::AddElements { set: set.clone(), elements: elements[r.clone()].to_vec() }
         }
@@ -173,10 +178,10 @@ impl Transport for NetlinkTransport {
         loop {
             let Received::Replies(replies) = self.socket.recv(true).map_err(io)? else { continue };
             for r in replies.into_iter().filter(|r| r.seq == seq) {
-                match r.error {
+                match r.error.map(|e| e.errno) {
                     None if r.ty == nft_type(NFT_MSG_NEWTABLE) => return Ok(true),
-                    Some((libc::ENOENT, _)) => return Ok(false),
-                    Some((errno, _)) if errno != 0 => return Err(io(io::Error::from_raw_os_error(errno))),
+                    Some(libc::ENOENT) => return Ok(false),
+                    Some(errno) if errno != 0 => return Err(io(io::Error::from_raw_os_error(errno))),
                     _ => {}
                 }
             }
@@ -186,3 +191,6 @@ impl Transport for NetlinkTransport {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod kernel_tests;

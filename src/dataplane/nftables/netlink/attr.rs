@@ -28,10 +28,6 @@ impl Writer {
         Writer { buf: Vec::with_capacity(capacity) }
     }
 
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
     }

@@ -51,10 +51,51 @@ impl Batch {
         (seq.wrapping_sub(self.first_seq) as usize) < self.messages()
     }
 
+    /// Which element of an element-list message the attribute at `offset` (from the message's header, as the
+    /// kernel's extended ack reports it) belongs to: an index into the op's element list.
+    pub fn element_at(&self, seq: u32, offset: u32) -> Option<usize> {
+        let first = self.origin(seq)?.elements.as_ref()?.start;
+        // Only on failure: walk the messages to the failed one.
+        let mut at = 0;
+        let msg = loop {
+            let len = u32::from_ne_bytes(self.bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+            let msg_seq = u32::from_ne_bytes(self.bytes.get(at + 8..at + 12)?.try_into().ok()?);
+            if msg_seq == seq {
+                break self.bytes.get(at..at + len)?;
+            }
+            at += len.next_multiple_of(4);
+        };
+        let offset = offset as usize;
+        let attrs = nested(msg.get(NLMSG_HDRLEN + 4..)?, NLMSG_HDRLEN + 4);
+        let (list, list_at) =
+            attrs.into_iter().find(|(ty, _, _)| *ty == NFTA_SET_ELEM_LIST_ELEMENTS).map(|(_, a, v)| (v, a))?;
+        nested(list, list_at + 4)
+            .into_iter()
+            .position(|(_, a, v)| (a..a + 4 + v.len()).contains(&offset))
+            .map(|i| first + i)
+    }
+
     /// Messages in the batch, BATCH_BEGIN and BATCH_END included.
     pub fn messages(&self) -> usize {
         self.origins.len() + 2
     }
+}
+
+/// The attributes in `b` as (type, offset of the attribute from the message start, value); `base` is the
+/// offset of `b` itself.
+fn nested(b: &[u8], base: usize) -> Vec<(u16, usize, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= b.len() {
+        let len = usize::from(u16::from_ne_bytes([b[at], b[at + 1]]));
+        let ty = u16::from_ne_bytes([b[at + 2], b[at + 3]]) & NLA_TYPE_MASK;
+        if len < 4 || at + len > b.len() {
+            break;
+        }
+        out.push((ty, base + at, &b[at + 4..at + len]));
+        at += len.next_multiple_of(4);
+    }
+    out
 }
 
 struct Encoder<'a> {

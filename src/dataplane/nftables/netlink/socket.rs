@@ -25,8 +25,19 @@ const SEND_TRIES: u32 = 3;
 pub struct Reply {
     pub ty: u16,
     pub seq: u32,
-    /// For NLMSG_ERROR: the (positive) errno, 0 for an acknowledgement; and the kernel's extended-ack text.
-    pub error: Option<(i32, Option<String>)>,
+    /// Set for NLMSG_ERROR.
+    pub error: Option<ErrorReport>,
+}
+
+/// An NLMSG_ERROR: errno 0 is an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// The positive errno.
+    pub errno: i32,
+    /// The kernel's extended-ack text, if any.
+    pub text: Option<String>,
+    /// Extended ack: the offset of the offending attribute in the failed message (from its nlmsghdr).
+    pub offset: Option<u32>,
 }
 
 /// What one read returned.
@@ -132,8 +143,9 @@ pub fn parse(b: &[u8]) -> Vec<Reply> {
         let flags = u16_at(msg, 6);
         let seq = u32_at(msg, 8);
         let error = (ty == NLMSG_ERROR && msg.len() >= NLMSG_HDRLEN + 4).then(|| {
-            let errno = -(u32_at(msg, NLMSG_HDRLEN) as i32);
-            (errno, ext_ack_message(msg, flags))
+            let mut report = ErrorReport { errno: -(u32_at(msg, NLMSG_HDRLEN) as i32), text: None, offset: None };
+            ext_ack(msg, flags, &mut report);
+            report
         });
         out.push(Reply { ty, seq, error });
         at += len.next_multiple_of(4);
@@ -141,13 +153,13 @@ pub fn parse(b: &[u8]) -> Vec<Reply> {
     out
 }
 
-/// The NLMSGERR_ATTR_MSG text of an error, if the kernel attached one.
-fn ext_ack_message(msg: &[u8], flags: u16) -> Option<String> {
-    if flags & NLM_F_ACK_TLVS == 0 {
-        return None;
+/// The extended-ack attributes of an error: the kernel's text and the offending attribute's offset.
+fn ext_ack(msg: &[u8], flags: u16, report: &mut ErrorReport) {
+    if flags & NLM_F_ACK_TLVS == 0 || msg.len() < NLMSG_HDRLEN + 8 {
+        return;
     }
     // error code, then the echoed header (and, unless capped, the echoed payload), then attributes.
-    let echoed_len = if msg.len() >= NLMSG_HDRLEN + 8 { u32_at(msg, NLMSG_HDRLEN + 4) as usize } else { return None };
+    let echoed_len = u32_at(msg, NLMSG_HDRLEN + 4) as usize;
     let echoed = if flags & NLM_F_CAPPED != 0 { NLMSG_HDRLEN } else { echoed_len.next_multiple_of(4) };
     let mut at = NLMSG_HDRLEN + 4 + echoed;
     while at + 4 <= msg.len() {
@@ -156,12 +168,15 @@ fn ext_ack_message(msg: &[u8], flags: u16) -> Option<String> {
         if len < 4 || at + len > msg.len() {
             break;
         }
-        if ty == NLMSGERR_ATTR_MSG {
-            let text = &msg[at + 4..at + len];
-            let text = text.split(|c| *c == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(text).into_owned());
+        let value = &msg[at + 4..at + len];
+        match ty {
+            NLMSGERR_ATTR_MSG => {
+                let text = value.split(|c| *c == 0).next().unwrap_or_default();
+                report.text = Some(String::from_utf8_lossy(text).into_owned());
+            }
+            NLMSGERR_ATTR_OFFS if value.len() >= 4 => report.offset = Some(u32_at(value, 0)),
+            _ => {}
         }
         at += len.next_multiple_of(4);
     }
-    None
 }

@@ -18,6 +18,7 @@ pub const NLM_F_ACK_TLVS: u16 = 0x200;
 /// On an NLMSG_ERROR: only the header of the failing message is echoed (NETLINK_CAP_ACK).
 pub const NLM_F_CAPPED: u16 = 0x100;
 pub const NLMSGERR_ATTR_MSG: u16 = 1;
+pub const NLMSGERR_ATTR_OFFS: u16 = 2;
 pub const NLA_F_NESTED: u16 = 0x8000;
 pub const NLA_TYPE_MASK: u16 = 0x3fff;
 
