@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::dataplane::settings::{LocalDetection, NodePortAddresses, ProxySettings};
 use crate::model::IpFamily;
-pub use flags::{DetectLocalMode, Flags, ProxyMode};
+pub use flags::{DetectLocalMode, Flags, NftablesTransport, ProxyMode};
 
 /// A configuration that cannot be used; the message names the flag (or field) and the bad value.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,8 @@ fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<Strin
 #[derive(Clone, Debug)]
 pub struct Config {
     pub mode: ProxyMode,
+    /// How the nftables mode reaches the kernel (`--nftables-transport`, default netlink).
+    pub nftables_transport: NftablesTransport,
     pub manifests: Option<PathBuf>,
     pub hostname_override: Option<String>,
     pub cluster_cidrs: Vec<IpNet>,
@@ -102,6 +104,7 @@ impl Config {
         }
         Ok(Config {
             mode: f.proxy_mode.unwrap_or(ProxyMode::Nftables),
+            nftables_transport: f.nftables_transport.unwrap_or(NftablesTransport::Netlink),
             manifests: f.manifests.clone(),
             hostname_override: nonempty(&f.hostname_override),
             cluster_cidrs,

@@ -9,11 +9,12 @@ use kube_proxy_rs::admin::http::{self, AdminState};
 use kube_proxy_rs::admin::metrics::Metrics;
 use kube_proxy_rs::admin::service_health::ServiceHealthServers;
 use kube_proxy_rs::config::flags::Command;
-use kube_proxy_rs::config::{Config, Flags, ProxyMode};
+use kube_proxy_rs::config::{Config, Flags, NftablesTransport, ProxyMode};
 use kube_proxy_rs::core::ClusterState;
 use kube_proxy_rs::dataplane::Dataplane;
 use kube_proxy_rs::dataplane::nftables::NftablesDataplane;
-use kube_proxy_rs::dataplane::nftables::transport::NftCommand;
+use kube_proxy_rs::dataplane::nftables::netlink::NetlinkTransport;
+use kube_proxy_rs::dataplane::nftables::transport::{NftCommand, Transport};
 use kube_proxy_rs::lab;
 use kube_proxy_rs::model::IpFamily;
 use kube_proxy_rs::runner::pacer::Pacer;
@@ -57,9 +58,16 @@ fn main() -> ExitCode {
         eprintln!("kube-proxy-rs: --manifests: {e}");
         return ExitCode::FAILURE;
     }
+    let dataplane = match nftables(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kube-proxy-rs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match runtime {
-        Ok(rt) => rt.block_on(run(config, dir)),
+        Ok(rt) => rt.block_on(run(config, dir, dataplane)),
         Err(e) => {
             eprintln!("kube-proxy-rs: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -96,13 +104,19 @@ fn families() -> Vec<IpFamily> {
     f
 }
 
-fn nftables(config: &Config) -> NftablesDataplane {
-    NftablesDataplane::new(config.proxy_settings(), Box::new(NftCommand), &families())
+/// The nftables dataplane with the transport `--nftables-transport` asks for. The netlink socket belongs to
+/// the network namespace this process runs in.
+fn nftables(config: &Config) -> Result<NftablesDataplane, String> {
+    let transport: Box<dyn Transport> = match config.nftables_transport {
+        NftablesTransport::Netlink => Box::new(NetlinkTransport::new().map_err(|e| e.to_string())?),
+        NftablesTransport::Nft => Box::new(NftCommand),
+    };
+    Ok(NftablesDataplane::new(config.proxy_settings(), transport, &families()))
 }
 
 /// `--cleanup`: remove what every mode creates.
 fn cleanup(config: &Config) -> ExitCode {
-    match nftables(config).cleanup() {
+    match nftables(config).and_then(|mut d| d.cleanup().map_err(|e| e.to_string())) {
         Ok(()) => {
             tracing::info!("removed every rule kube-proxy-rs creates");
             ExitCode::SUCCESS
@@ -114,7 +128,7 @@ fn cleanup(config: &Config) -> ExitCode {
     }
 }
 
-async fn run(config: Config, dir: std::path::PathBuf) -> ExitCode {
+async fn run(config: Config, dir: std::path::PathBuf, dataplane: NftablesDataplane) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(2 * config.sync_period));
     let admin = Arc::new(AdminState {
@@ -137,7 +151,7 @@ async fn run(config: Config, dir: std::path::PathBuf) -> ExitCode {
     });
     let runner = Runner::new(
         ClusterState::new(config.node_name()),
-        Box::new(nftables(&config)),
+        Box::new(dataplane),
         Pacer::new(config.min_sync_period, config.sync_period),
         metrics,
         Box::new(read_interface_addresses),
@@ -147,7 +161,12 @@ async fn run(config: Config, dir: std::path::PathBuf) -> ExitCode {
             default_is_primary: config.mode == ProxyMode::Nftables,
         },
     );
-    tracing::info!(mode = config.mode.name(), node = %config.node_name(), "kube-proxy-rs starting");
+    tracing::info!(
+        mode = config.mode.name(),
+        transport = config.nftables_transport.name(),
+        node = %config.node_name(),
+        "kube-proxy-rs starting"
+    );
     tokio::select! {
         _ = runner.run(rx, 1) => ExitCode::FAILURE,
         _ = shutdown_signal() => {

@@ -28,19 +28,23 @@ pub const ECHO_PORT: u16 = 8080;
 /// A proxy mode under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// nftables through its default transport, netlink.
     Nftables,
+    /// nftables through its fallback transport, `nft -f`.
+    NftablesViaNft,
 }
 
 impl Mode {
-    pub fn flag(self) -> &'static str {
+    pub fn flags(self) -> &'static [&'static str] {
         match self {
-            Mode::Nftables => "--proxy-mode=nftables",
+            Mode::Nftables => &["--proxy-mode=nftables"],
+            Mode::NftablesViaNft => &["--proxy-mode=nftables", "--nftables-transport=nft"],
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Mode::Nftables => "nftables",
+            Mode::Nftables | Mode::NftablesViaNft => "nftables",
         }
     }
 }
@@ -118,9 +122,9 @@ impl Cluster {
     }
 
     fn proxy_command(&self, args: &[String]) -> Command {
-        let mut argv = vec![
-            BIN.to_string(),
-            self.mode.flag().to_string(),
+        let mut argv = vec![BIN.to_string()];
+        argv.extend(self.mode.flags().iter().map(|f| f.to_string()));
+        argv.extend([
             "--manifests".into(),
             self.dir.to_string_lossy().into_owned(),
             "--hostname-override".into(),
@@ -130,7 +134,7 @@ impl Cluster {
             format!("--healthz-bind-address={HEALTHZ_ADDR}"),
             "--iptables-min-sync-period=0s".into(),
             "--v=4".into(),
-        ];
+        ]);
         argv.extend(self.extra_args.iter().cloned());
         argv.extend(args.iter().cloned());
         self.lab.netns(&Where::Node).unwrap().command(&argv)
