@@ -3,7 +3,7 @@
 
 pub mod ir;
 pub mod netlink;
-mod plan;
+pub mod plan;
 pub mod ruleset;
 pub mod text;
 pub mod transport;
