@@ -37,7 +37,7 @@ fn service(i: u32, endpoints: u32, first_endpoint: u32) -> ServicePort {
         },
         family: IpFamily::V4,
         port: 80,
-        node_port: (i % 10 == 0).then(|| 30000 + (i / 10) as u16),
+        node_port: i.is_multiple_of(10).then(|| 30000 + (i / 10) as u16),
         cluster_ip: ip(0x0a60_0000, i),
         external_ips: vec![],
         load_balancer_ips: vec![],
