@@ -145,6 +145,7 @@ pub enum NftablesTransport {
 }
 
 impl NftablesTransport {
+    /// The flag's spelling.
     pub fn name(self) -> &'static str {
         match self {
             NftablesTransport::Netlink => "netlink",

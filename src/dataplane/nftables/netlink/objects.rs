@@ -27,6 +27,7 @@ pub struct Origin {
 /// An encoded transaction.
 #[derive(Debug)]
 pub struct Batch {
+    /// The messages, ready for one sendmsg.
     pub bytes: Vec<u8>,
     /// Sequence number of BATCH_BEGIN; message `i` of the transaction has `first_seq + 1 + i`, BATCH_END follows.
     pub first_seq: u32,
