@@ -2,9 +2,10 @@
 //! the netlink transport and through `nft -f`. A measurement, not a test: needs root, runs each transport in a
 //! fresh network namespace of its own, prints numbers.
 //!
-//! `cargo run --release --example nftables_scale [-- SERVICES [ENDPOINTS] [--shard-span N]]`
+//! `cargo run --release --example nftables_scale [-- SERVICES [ENDPOINTS]]`
 //!
-//! `--shard-span N` measures a what-if full sync with the endpoint maps split per N indexes (see `sharded`).
+//! The kernel's time depends much on how many rules use one endpoint map: change `ENDPOINT_MAP_SPAN`
+//! (ruleset.rs) to compare.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,9 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube_proxy_rs::core::{EndpointAddr, FamilyState, PortEndpoint, ServicePort, ServicePortName};
-use std::collections::HashMap;
-
-use kube_proxy_rs::dataplane::nftables::ir::{Family, Field, Op, Stmt, Transaction, Value};
+use kube_proxy_rs::dataplane::nftables::ir::{Family, Transaction};
 use kube_proxy_rs::dataplane::nftables::netlink::NetlinkTransport;
 use kube_proxy_rs::dataplane::nftables::plan;
 use kube_proxy_rs::dataplane::nftables::ruleset::{FamilyConfig, LocalTraffic, NodePortAddresses};
@@ -77,106 +76,23 @@ fn ms(d: Duration) -> String {
 }
 
 /// Apply `full` then `one` through the transport `make` builds, in a fresh namespace; (full, one) durations.
-fn run(make: fn() -> Box<dyn Transport>, full: Transaction, one: Option<Transaction>) -> (Duration, Option<Duration>) {
+fn run(make: fn() -> Box<dyn Transport>, full: Transaction, one: Transaction) -> (Duration, Duration) {
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run as root");
         let mut t = make();
         let start = Instant::now();
         t.apply(&full).expect("full sync");
         let full_time = start.elapsed();
-        let one_time = one.map(|one| {
-            let start = Instant::now();
-            t.apply(&one).expect("one change");
-            start.elapsed()
-        });
-        (full_time, one_time)
+        let start = Instant::now();
+        t.apply(&one).expect("one change");
+        (full_time, start.elapsed())
     })
     .join()
     .expect("measurement thread")
 }
 
-/// What-if (not what the planner does): the endpoint maps split into one map per `span` indexes of numgen blocks,
-/// so that each map is used by few rules. The kernel checks every new element of a map against every rule bound
-/// to it, and every newly bound rule against every element (net/netfilter/nf_tables_api.c: nft_add_set_elem,
-/// nf_tables_bind_set), so one map shared by R rules with E elements costs E × R.
-fn sharded(tx: &Transaction, span: u32) -> Transaction {
-    let shard = |map: &str, offset: u32| format!("{map}-{}", offset / span);
-    // Which shard each index belongs to: its rule's block decides.
-    let mut index_shard: HashMap<(String, u32), String> = HashMap::new();
-    for op in &tx.ops {
-        if let Op::AddRule { rule, .. } = op {
-            for stmt in rule {
-                let (map, key) = match stmt {
-                    Stmt::DnatMap { map, key, .. } | Stmt::Vmap { map, key } => (map, key),
-                    _ => continue,
-                };
-                if let [Field::Numgen { modulus, offset }] = key.as_slice() {
-                    for i in *offset..offset + modulus {
-                        index_shard.insert((map.clone(), i), shard(map, *offset));
-                    }
-                }
-            }
-        }
-    }
-    let mut out = Transaction::new(tx.family, tx.table.clone());
-    for op in &tx.ops {
-        match op {
-            Op::AddSet(def) if index_shard.keys().any(|(m, _)| *m == def.name) => {
-                let mut shards: Vec<&String> =
-                    index_shard.iter().filter(|((m, _), _)| *m == def.name).map(|(_, s)| s).collect();
-                shards.sort();
-                shards.dedup();
-                for name in shards {
-                    let mut d = def.clone();
-                    d.name = name.clone();
-                    out.ops.push(Op::AddSet(d));
-                }
-            }
-            Op::AddRule { chain, rule } => {
-                let numgen_offset = |key: &[Field]| match key {
-                    [Field::Numgen { offset, .. }] => Some(*offset),
-                    _ => None,
-                };
-                let rule = rule
-                    .iter()
-                    .map(|s| match s {
-                        Stmt::DnatMap { protocol, map, key } if numgen_offset(key).is_some() => Stmt::DnatMap {
-                            protocol: *protocol,
-                            map: shard(map, numgen_offset(key).unwrap()),
-                            key: key.clone(),
-                        },
-                        Stmt::Vmap { map, key } if numgen_offset(key).is_some() => {
-                            Stmt::Vmap { map: shard(map, numgen_offset(key).unwrap()), key: key.clone() }
-                        }
-                        other => other.clone(),
-                    })
-                    .collect();
-                out.ops.push(Op::AddRule { chain: chain.clone(), rule });
-            }
-            Op::AddElements { set, elements } if index_shard.keys().any(|(m, _)| m == set) => {
-                let mut by_shard: HashMap<&String, Vec<_>> = HashMap::new();
-                for e in elements {
-                    let Value::Index(i) = e.key[0] else { unreachable!() };
-                    by_shard.entry(&index_shard[&(set.clone(), i)]).or_default().push(e.clone());
-                }
-                for (set, elements) in by_shard {
-                    out.ops.push(Op::AddElements { set: set.clone(), elements });
-                }
-            }
-            other => out.ops.push(other.clone()),
-        }
-    }
-    out
-}
-
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let span = args.iter().position(|a| a == "--shard-span").map(|i| {
-        let span = args[i + 1].parse::<u32>().expect("a span");
-        args.drain(i..i + 2);
-        span
-    });
-    let args: Vec<u32> = args.iter().map(|a| a.parse().expect("a number")).collect();
+    let args: Vec<u32> = std::env::args().skip(1).map(|a| a.parse().expect("a number")).collect();
     let services = args.first().copied().unwrap_or(10_000);
     let endpoints = args.get(1).copied().unwrap_or(10);
     let config = FamilyConfig {
@@ -202,14 +118,6 @@ fn main() {
     let start = Instant::now();
     let one = plan::partial(&mut applied, &changed, &names, node_ips);
     let plan_one_time = start.elapsed();
-    // The what-if changes only the full sync; the planner's partial transactions would not fit it.
-    let (full, one) = match span {
-        Some(span) => {
-            println!("what-if: endpoint maps sharded per {span} indexes");
-            (sharded(&full, span), None)
-        }
-        None => (full, Some(one)),
-    };
 
     let start = Instant::now();
     let batch = kube_proxy_rs::dataplane::nftables::netlink::encode(&full, 1).expect("encodes");
@@ -232,13 +140,10 @@ fn main() {
         script.len() as f64 / 1e6,
         ms(text_time)
     );
-    if let Some(one) = &one {
-        println!("  one change: {} operations, planned in {}", one.ops.len(), ms(plan_one_time));
-    }
-    let one_text = |d: Option<Duration>| d.map_or(String::new(), |d| format!(", one change in {}", ms(d)));
+    println!("  one change: {} operations, planned in {}", one.ops.len(), ms(plan_one_time));
     let netlink = || -> Box<dyn Transport> { Box::new(NetlinkTransport::new().expect("netlink socket")) };
     let (nl_full, nl_one) = run(netlink, full.clone(), one.clone());
-    println!("  netlink: full sync applied in {} (encode + kernel){}", ms(nl_full), one_text(nl_one));
+    println!("  netlink: full sync applied in {} (encode + kernel), one change in {}", ms(nl_full), ms(nl_one));
     let (nft_full, nft_one) = run(|| Box::new(NftCommand), full, one);
-    println!("  nft -f:  full sync applied in {}{}", ms(nft_full), one_text(nft_one));
+    println!("  nft -f:  full sync applied in {}, one change in {}", ms(nft_full), ms(nft_one));
 }
