@@ -10,6 +10,7 @@
 mod attr;
 mod expr;
 mod objects;
+mod sets;
 mod socket;
 mod sys;
 
