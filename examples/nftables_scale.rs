@@ -75,17 +75,24 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Apply `full` then `one` through the transport `make` builds, in a fresh namespace; (full, one) durations.
-fn run(make: fn() -> Box<dyn Transport>, full: Transaction, one: Transaction) -> (Duration, Duration) {
+/// Apply `full`, then each of `changes`, through the transport `make` builds, in a fresh namespace; how long
+/// each took.
+fn run(make: fn() -> Box<dyn Transport>, full: Transaction, changes: Vec<Transaction>) -> (Duration, Vec<Duration>) {
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run as root");
         let mut t = make();
         let start = Instant::now();
         t.apply(&full).expect("full sync");
         let full_time = start.elapsed();
-        let start = Instant::now();
-        t.apply(&one).expect("one change");
-        (full_time, start.elapsed())
+        let times = changes
+            .iter()
+            .map(|tx| {
+                let start = Instant::now();
+                t.apply(tx).expect("one change");
+                start.elapsed()
+            })
+            .collect();
+        (full_time, times)
     })
     .join()
     .expect("measurement thread")
@@ -116,8 +123,15 @@ fn main() {
     let names: BTreeSet<ServicePortName> = [changed[0].name.clone()].into();
     let changed = state(changed);
     let start = Instant::now();
-    let one = plan::partial(&mut applied, &changed, &names, node_ips);
+    let one = plan::partial(&mut applied, &changed, &names, node_ips.clone());
     let plan_one_time = start.elapsed();
+    // Another: a new service (a chain, a rule and verdict-map elements: the kernel then validates the whole
+    // table when it commits).
+    let mut grown = ports.clone();
+    grown[0] = service(0, endpoints, services * endpoints);
+    grown.push(service(services, endpoints, (services + 1) * endpoints));
+    let names: BTreeSet<ServicePortName> = [grown[services as usize].name.clone()].into();
+    let new_service = plan::partial(&mut applied, &state(grown), &names, node_ips);
 
     let start = Instant::now();
     let batch = kube_proxy_rs::dataplane::nftables::netlink::encode(&full, 1).expect("encodes");
@@ -140,10 +154,21 @@ fn main() {
         script.len() as f64 / 1e6,
         ms(text_time)
     );
-    println!("  one change: {} operations, planned in {}", one.ops.len(), ms(plan_one_time));
+    println!(
+        "  one change: {} operations (endpoints of one service), planned in {}; a new service: {} operations",
+        one.ops.len(),
+        ms(plan_one_time),
+        new_service.ops.len()
+    );
+    let changes = vec![one, new_service];
     let netlink = || -> Box<dyn Transport> { Box::new(NetlinkTransport::new().expect("netlink socket")) };
-    let (nl_full, nl_one) = run(netlink, full.clone(), one.clone());
-    println!("  netlink: full sync applied in {} (encode + kernel), one change in {}", ms(nl_full), ms(nl_one));
-    let (nft_full, nft_one) = run(|| Box::new(NftCommand), full, one);
-    println!("  nft -f:  full sync applied in {}, one change in {}", ms(nft_full), ms(nft_one));
+    for (name, make) in [("netlink", netlink as fn() -> Box<dyn Transport>), ("nft -f", || Box::new(NftCommand))] {
+        let (full_time, times) = run(make, full.clone(), changes.clone());
+        println!(
+            "  {name}: full sync applied in {} (encode + kernel), one change in {}, a new service in {}",
+            ms(full_time),
+            ms(times[0]),
+            ms(times[1])
+        );
+    }
 }
