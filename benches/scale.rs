@@ -86,7 +86,9 @@ fn stop(mut p: Child) {
 }
 
 fn wait_synced(node: &Netns, full_syncs: f64, limit: Duration) -> Option<Duration> {
-    measure::wait_until(limit, || measure::metrics(node).is_some_and(|m| m.last_sync > 0.0 && m.full_count >= full_syncs))
+    measure::wait_until(limit, || {
+        measure::metrics(node).is_some_and(|m| m.last_sync > 0.0 && m.full_count >= full_syncs)
+    })
 }
 
 /// Time until connections to `target` from `netns` are answered by `pod`.
@@ -152,7 +154,10 @@ fn run(size: usize, a: &Args) {
     println!("full sync, empty kernel (metric):  {:>8.3} s", cold_full);
     println!("resident memory after first sync: {:>8.1} MiB", rss_first);
     let rate_large = measure::connection_rate(client, probe, 32, a.rate_seconds);
-    println!("new connections/s via ClusterIP:  {rate_small:>8.0} at 10 services, {rate_large:.0} at {size} ({:.2}×)", rate_large / rate_small);
+    println!(
+        "new connections/s via ClusterIP:  {rate_small:>8.0} at 10 services, {rate_large:.0} at {size} ({:.2}×)",
+        rate_large / rate_small
+    );
 
     // One EndpointSlice changed: flip the endpoint of `flip` between pods a and b.
     let mut latencies = Vec::new();
@@ -193,7 +198,12 @@ fn run(size: usize, a: &Args) {
     floor_ns.run(&["nft", "-f", &file.to_string_lossy()]).expect("nft -f");
     let floor = t.elapsed().as_secs_f64();
     drop(floor_ns);
-    println!("nft -f of the same ruleset:        {:>8.3} s; ratio ours/nft = {:.2} (cold), {:.2} (restart)", floor, cold_full / floor, restart_full / floor);
+    println!(
+        "nft -f of the same ruleset:        {:>8.3} s; ratio ours/nft = {:.2} (cold), {:.2} (restart)",
+        floor,
+        cold_full / floor,
+        restart_full / floor
+    );
 
     if a.churn_seconds > 0 {
         churn(&lab, &dir, &p, a);

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::dataplane::settings::{LocalDetection, NodePortAddresses, ProxySettings};
 use crate::model::IpFamily;
 use crate::nodesetup::{ConntrackSettings, NodeSetupSettings};
-pub use flags::{DetectLocalMode, Flags, ProxyMode};
+pub use flags::{DetectLocalMode, Flags, NftablesTransport, ProxyMode};
 
 /// A configuration that cannot be used; the message names the flag (or field) and the bad value.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,8 @@ fn invalid(flag: &'static str, value: impl Into<String>, reason: impl Into<Strin
 #[derive(Clone, Debug)]
 pub struct Config {
     pub mode: ProxyMode,
+    /// How the nftables mode reaches the kernel (`--nftables-transport`, default netlink).
+    pub nftables_transport: NftablesTransport,
     pub manifests: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub master: Option<String>,
@@ -136,6 +138,7 @@ impl Config {
         };
         Ok(Config {
             mode: f.proxy_mode.unwrap_or(ProxyMode::Nftables),
+            nftables_transport: f.nftables_transport.unwrap_or(NftablesTransport::Netlink),
             manifests: f.manifests.clone(),
             kubeconfig: f.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
             master: nonempty(&f.master),

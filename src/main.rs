@@ -10,12 +10,13 @@ use kube_proxy_rs::admin::http::{self, AdminState};
 use kube_proxy_rs::admin::metrics::Metrics;
 use kube_proxy_rs::admin::service_health::ServiceHealthServers;
 use kube_proxy_rs::config::flags::Command;
-use kube_proxy_rs::config::{Config, Flags, ProxyMode};
+use kube_proxy_rs::config::{Config, Flags, NftablesTransport, ProxyMode};
 use kube_proxy_rs::conntrack::ConntrackCleaner;
 use kube_proxy_rs::core::ClusterState;
 use kube_proxy_rs::dataplane::Dataplane;
 use kube_proxy_rs::dataplane::nftables::NftablesDataplane;
-use kube_proxy_rs::dataplane::nftables::transport::NftCommand;
+use kube_proxy_rs::dataplane::nftables::netlink::NetlinkTransport;
+use kube_proxy_rs::dataplane::nftables::transport::{NftCommand, Transport};
 use kube_proxy_rs::lab;
 use kube_proxy_rs::model::IpFamily;
 use kube_proxy_rs::nodesetup::NodeSetup;
@@ -83,9 +84,16 @@ fn main() -> ExitCode {
     if config.init_only {
         return ExitCode::SUCCESS;
     }
+    let dataplane = match nftables(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kube-proxy-rs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match runtime {
-        Ok(rt) => rt.block_on(run(config, flags.config.clone())),
+        Ok(rt) => rt.block_on(run(config, flags.config.clone(), dataplane)),
         Err(e) => {
             eprintln!("kube-proxy-rs: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -122,14 +130,20 @@ fn families() -> Vec<IpFamily> {
     f
 }
 
-fn nftables(config: &Config) -> NftablesDataplane {
-    NftablesDataplane::new(config.proxy_settings(), Box::new(NftCommand), &families())
+/// The nftables dataplane with the transport `--nftables-transport` asks for. The netlink socket belongs to
+/// the network namespace this process runs in.
+fn nftables(config: &Config) -> Result<NftablesDataplane, String> {
+    let transport: Box<dyn Transport> = match config.nftables_transport {
+        NftablesTransport::Netlink => Box::new(NetlinkTransport::new().map_err(|e| e.to_string())?),
+        NftablesTransport::Nft => Box::new(NftCommand),
+    };
+    Ok(NftablesDataplane::new(config.proxy_settings(), transport, &families()))
 }
 
 /// `--cleanup`: remove what every mode creates.
 fn cleanup(config: &Config) -> ExitCode {
     kube_proxy_rs::dataplane::remove_other_modes_leftovers();
-    match nftables(config).cleanup() {
+    match nftables(config).and_then(|mut d| d.cleanup().map_err(|e| e.to_string())) {
         Ok(()) => {
             tracing::info!("removed every rule kube-proxy-rs creates");
             ExitCode::SUCCESS
@@ -141,7 +155,7 @@ fn cleanup(config: &Config) -> ExitCode {
     }
 }
 
-async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCode {
+async fn run(config: Config, flags_config: Option<std::path::PathBuf>, dataplane: NftablesDataplane) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(2 * config.sync_period));
     let admin = Arc::new(AdminState {
@@ -167,7 +181,7 @@ async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCo
     }
     let mut runner = Runner::new(
         ClusterState::new(config.node_name()),
-        Box::new(nftables(&config)),
+        Box::new(dataplane),
         Pacer::new(config.min_sync_period, config.sync_period),
         metrics,
         Box::new(read_interface_addresses),
@@ -184,7 +198,12 @@ async fn run(config: Config, flags_config: Option<std::path::PathBuf>) -> ExitCo
             None
         }
     };
-    tracing::info!(mode = config.mode.name(), node = %config.node_name(), "kube-proxy-rs starting");
+    tracing::info!(
+        mode = config.mode.name(),
+        transport = config.nftables_transport.name(),
+        node = %config.node_name(),
+        "kube-proxy-rs starting"
+    );
     let config_changed = async {
         match &flags_config {
             Some(path) => kube_proxy_rs::config::file_changed(path).await,

@@ -25,7 +25,9 @@ pub fn service_docs(i: usize, endpoints: usize, node: &str, out: &mut String) {
     if i % 10 == 0 {
         svc = svc.node_port(30000 + (i / 10 % 2700) as u16);
     }
-    let eps = (0..endpoints).map(|j| endpoint(endpoint_ip(i, j).into(), if j % 2 == 0 { node } else { "elsewhere" })).collect();
+    let eps = (0..endpoints)
+        .map(|j| endpoint(endpoint_ip(i, j).into(), if j % 2 == 0 { node } else { "elsewhere" }))
+        .collect();
     let slice = endpoint_slice("bench", &format!("{name}-abcde"), &name, false, &[("http", "TCP", 8080)], eps);
     let _ = write!(out, "{}---\n{}---\n", svc.yaml(), to_yaml(&slice));
 }

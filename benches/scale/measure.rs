@@ -2,11 +2,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kube_proxy_rs::lab::{http, Netns};
+use kube_proxy_rs::lab::{Netns, http};
 
 /// A metric's value from the Prometheus text.
 pub fn metric(text: &str, name: &str) -> Option<f64> {

@@ -34,6 +34,11 @@ pub struct Flags {
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub proxy_mode: Option<ProxyMode>,
 
+    /// How the nftables mode reaches the kernel: 'netlink' (default: one netlink batch per sync, no process) or
+    /// 'nft' (pipe `nft -f` text to the nft command; needs nft installed).
+    #[arg(long, value_name = "netlink|nft", value_parser = parse_nftables_transport)]
+    pub nftables_transport: Option<NftablesTransport>,
+
     /// Read Services, EndpointSlices and the Node from YAML/JSON manifests in this directory, and follow it.
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
@@ -200,6 +205,25 @@ impl ProxyMode {
     }
 }
 
+/// `--nftables-transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftablesTransport {
+    /// Native nfnetlink batches.
+    Netlink,
+    /// The `nft` command fed `nft -f` text.
+    Nft,
+}
+
+impl NftablesTransport {
+    /// The flag's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            NftablesTransport::Netlink => "netlink",
+            NftablesTransport::Nft => "nft",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DetectLocalMode {
     ClusterCidr,
@@ -236,6 +260,14 @@ pub fn parse_mode(s: &str) -> Result<ProxyMode, String> {
         "ipvs" => Ok(ProxyMode::Ipvs),
         "userspace" => Ok(ProxyMode::Userspace),
         _ => Err("want iptables, nftables, ipvs or userspace".into()),
+    }
+}
+
+pub fn parse_nftables_transport(s: &str) -> Result<NftablesTransport, String> {
+    match s {
+        "netlink" => Ok(NftablesTransport::Netlink),
+        "nft" => Ok(NftablesTransport::Nft),
+        _ => Err("want netlink or nft".into()),
     }
 }
 

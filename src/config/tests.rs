@@ -20,6 +20,13 @@ fn defaults_are_upstreams() {
     assert_eq!(c.healthz_bind_address.unwrap().to_string(), "0.0.0.0:10256");
     assert_eq!(c.metrics_bind_address.unwrap().to_string(), "127.0.0.1:10249");
     assert_eq!(c.nodeport_addresses, NodePortAddresses::Default);
+    assert_eq!(c.nftables_transport, NftablesTransport::Netlink);
+}
+
+#[test]
+fn the_nft_command_is_the_selectable_fallback_transport() {
+    assert_eq!(parse(&["--nftables-transport=nft"]).unwrap().nftables_transport, NftablesTransport::Nft);
+    assert_eq!(parse(&["--nftables-transport", "netlink"]).unwrap().nftables_transport, NftablesTransport::Netlink);
 }
 
 #[test]
@@ -56,6 +63,7 @@ fn bad_values_name_the_flag_and_the_value() {
         (vec!["--iptables-sync-period=10x"], "--iptables-sync-period", "10x"),
         (vec!["--cluster-cidr=10.0.0.0/33"], "--cluster-cidr", "10.0.0.0/33"),
         (vec!["--proxy-mode=bogus"], "--proxy-mode", "bogus"),
+        (vec!["--nftables-transport=json"], "--nftables-transport", "json"),
         (vec!["--iptables-masquerade-bit=40"], "--iptables-masquerade-bit", "40"),
         (vec!["--masquerade-all=maybe"], "--masquerade-all", "maybe"),
         (vec!["--metrics-bind-address=localhost"], "--metrics-bind-address", "localhost"),

@@ -2,7 +2,8 @@
 //! one atomic transaction per family and sync.
 
 pub mod ir;
-mod plan;
+pub mod netlink;
+pub mod plan;
 pub mod ruleset;
 pub mod text;
 pub mod transport;
@@ -41,11 +42,17 @@ impl NftablesDataplane {
     }
 
     fn family_config(&self, family: IpFamily, node: &NodeView) -> FamilyConfig {
-        let of_family =
-            |nets: &[IpNet]| -> Vec<IpNet> { nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect() };
+        // The configuration allows one cluster CIDR per family; a Node has one podCIDR per family (upstream, too,
+        // uses the first of the family).
+        let first_of_family = |nets: &[IpNet]| -> LocalTraffic {
+            nets.iter()
+                .copied()
+                .find(|n| IpFamily::of_net(n) == family)
+                .map_or(LocalTraffic::Undetectable, LocalTraffic::Cidr)
+        };
         let local = match &self.settings.local_detection {
-            LocalDetection::ClusterCidr(nets) => LocalTraffic::Cidrs(of_family(nets)),
-            LocalDetection::NodeCidr => LocalTraffic::Cidrs(of_family(&node.pod_cidrs)),
+            LocalDetection::ClusterCidr(nets) => first_of_family(nets),
+            LocalDetection::NodeCidr => first_of_family(&node.pod_cidrs),
             LocalDetection::BridgeInterface(b) => LocalTraffic::Bridge(b.clone()),
             LocalDetection::InterfaceNamePrefix(p) => LocalTraffic::InterfacePrefix(p.clone()),
         };

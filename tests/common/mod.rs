@@ -29,19 +29,23 @@ pub const ECHO_PORT: u16 = 8080;
 /// A proxy mode under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// nftables through its default transport, netlink.
     Nftables,
+    /// nftables through its fallback transport, `nft -f`.
+    NftablesViaNft,
 }
 
 impl Mode {
-    pub fn flag(self) -> &'static str {
+    pub fn flags(self) -> &'static [&'static str] {
         match self {
-            Mode::Nftables => "--proxy-mode=nftables",
+            Mode::Nftables => &["--proxy-mode=nftables"],
+            Mode::NftablesViaNft => &["--proxy-mode=nftables", "--nftables-transport=nft"],
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Mode::Nftables => "nftables",
+            Mode::Nftables | Mode::NftablesViaNft => "nftables",
         }
     }
 }
@@ -130,9 +134,9 @@ impl Cluster {
     }
 
     fn proxy_command(&self, args: &[String]) -> Command {
-        let mut argv = vec![
-            BIN.to_string(),
-            self.mode.flag().to_string(),
+        let mut argv = vec![BIN.to_string()];
+        argv.extend(self.mode.flags().iter().map(|f| f.to_string()));
+        argv.extend([
             "--hostname-override".into(),
             NODE.into(),
             "--cluster-cidr=10.244.0.0/16,fd00:10:244::/64".into(),
@@ -143,7 +147,7 @@ impl Cluster {
             // read-only from here (kind passes the same for the same reason).
             "--conntrack-max-per-core=0".into(),
             "--v=4".into(),
-        ];
+        ]);
         argv.extend(self.source_args.iter().cloned());
         argv.extend(self.extra_args.iter().cloned());
         argv.extend(args.iter().cloned());

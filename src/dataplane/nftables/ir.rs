@@ -109,12 +109,6 @@ pub enum Stmt {
         value: Value,
         negate: bool,
     },
-    /// `<field> != { nets... }` / `== { ... }`: a match against an inline set of prefixes.
-    InNets {
-        field: Field,
-        nets: Vec<IpNet>,
-        negate: bool,
-    },
     /// `meta mark & mask == value`.
     MarkMatch {
         mask: u32,
@@ -189,8 +183,6 @@ pub struct SetDef {
     pub key: Vec<DataType>,
     /// Map data: `[Verdict]` or `[Addr, Port]`; empty for a plain set.
     pub data: Vec<DataType>,
-    /// Elements are prefixes/ranges (interval flag).
-    pub interval: bool,
     /// Dynamic set with a per-element timeout in seconds (session affinity).
     pub timeout: Option<u32>,
 }

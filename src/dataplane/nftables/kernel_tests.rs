@@ -1,10 +1,12 @@
-//! The rendered ruleset, fed to the real kernel through `nft -f`, in a private network namespace.
+//! The rendered ruleset, fed to the real kernel in a private network namespace, through each transport.
+//! `netlink/kernel_tests.rs` compares the two transports' results.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::Arc;
 
-use super::ir::Family;
+use super::ir::{Family, Transaction};
+use super::netlink::NetlinkTransport;
 use super::plan::{full, partial};
 use super::ruleset::{FamilyConfig, LocalTraffic, NodePortAddresses};
 use super::transport::{NftCommand, Transport};
@@ -13,25 +15,75 @@ use crate::lab::root_or_skip;
 use crate::model::{IpFamily, Protocol, ServiceKey};
 use crate::testutil::enter_new_netns;
 
-fn config(family: Family) -> FamilyConfig {
-    let cidr = if family == Family::Ip { "10.244.0.0/16" } else { "fd00:10:244::/64" };
+/// Which transport a kernel test drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Via {
+    Nft,
+    Netlink,
+}
+
+impl Via {
+    /// The transport, bound to the calling thread's network namespace.
+    pub(super) fn transport(self) -> Box<dyn Transport> {
+        match self {
+            Via::Nft => Box::new(NftCommand),
+            Via::Netlink => Box::new(NetlinkTransport::new().expect("netlink socket")),
+        }
+    }
+}
+
+/// The configuration most tests use: local traffic by cluster CIDR, NodePorts on listed addresses, a node IP
+/// inside the firewalled service's source range (so the LB IP is allowed as a source too).
+pub(super) fn config(family: Family) -> FamilyConfig {
+    let v4 = family == Family::Ip;
+    let cidr = if v4 { "10.244.0.0/16" } else { "fd00:10:244::/64" };
     FamilyConfig {
         family,
         masquerade_mark: 0x4000,
         masquerade_all: false,
-        local: LocalTraffic::Cidrs(vec![cidr.parse().unwrap()]),
+        local: LocalTraffic::Cidr(cidr.parse().unwrap()),
         nodeports: NodePortAddresses::Listed,
-        node_ips: vec![],
+        node_ips: vec![if v4 { "192.0.2.1" } else { "2001:db8:2::1" }.parse().unwrap()],
     }
 }
 
-fn port(family: IpFamily, name: &str, index: u8, n: usize) -> ServicePort {
+/// Every configuration variant the skeleton has: each local-traffic detection, both NodePort address modes,
+/// masquerade-all.
+pub(super) fn every_config(family: Family) -> Vec<(&'static str, FamilyConfig)> {
+    let base = config(family);
+    let with = |f: &dyn Fn(&mut FamilyConfig)| {
+        let mut c = base.clone();
+        f(&mut c);
+        c
+    };
+    vec![
+        ("cluster-cidr", base.clone()),
+        (
+            "bridge+all-nodeports+masquerade-all",
+            with(&|c| {
+                c.local = LocalTraffic::Bridge("cbr0".into());
+                c.nodeports = NodePortAddresses::All;
+                c.masquerade_all = true;
+            }),
+        ),
+        ("interface-prefix", with(&|c| c.local = LocalTraffic::InterfacePrefix("veth".into()))),
+        (
+            "undetectable+all-nodeports",
+            with(&|c| {
+                c.local = LocalTraffic::Undetectable;
+                c.nodeports = NodePortAddresses::All;
+            }),
+        ),
+    ]
+}
+
+fn port(family: IpFamily, name: &str, protocol: Protocol, index: u8, n: usize) -> ServicePort {
     let v4 = family == IpFamily::V4;
     let vip = if v4 { format!("10.96.0.{index}") } else { format!("fd00:96::{index}") };
     let ep_ip = |i: usize| if v4 { format!("10.244.0.{i}") } else { format!("fd00:10:244::{i:x}") };
     let eps: Vec<EndpointAddr> = (1..=n).map(|i| EndpointAddr { ip: ep_ip(i).parse().unwrap(), port: 8080 }).collect();
     ServicePort {
-        name: ServicePortName { service: ServiceKey::new("ns", name), port: "http".into(), protocol: Protocol::Tcp },
+        name: ServicePortName { service: ServiceKey::new("ns", name), port: "http".into(), protocol },
         family,
         port: 80,
         node_port: None,
@@ -62,34 +114,46 @@ fn port(family: IpFamily, name: &str, index: u8, n: usize) -> ServicePort {
     }
 }
 
-/// One port of every shape the renderer knows.
-fn every_shape(family: IpFamily) -> Vec<ServicePort> {
-    let plain = port(family, "plain", 1, 3);
-    let single = port(family, "single", 2, 1);
-    let none = port(family, "none", 3, 0);
-    let mut affinity = port(family, "affinity", 4, 2);
+/// One port of every shape the renderer knows, in TCP, plus UDP and SCTP ports (which take on every shape in
+/// the morphing loop).
+pub(super) fn every_shape(family: IpFamily) -> Vec<ServicePort> {
+    let v4 = family == IpFamily::V4;
+    let pick = |a: &'static str, b: &'static str| if v4 { a } else { b };
+    let ip = |a, b| pick(a, b).parse::<std::net::IpAddr>().unwrap();
+    let net = |a, b| pick(a, b).parse::<ipnet::IpNet>().unwrap();
+    let tcp = Protocol::Tcp;
+    let plain = port(family, "plain", tcp, 1, 3);
+    let single = port(family, "single", tcp, 2, 1);
+    let none = port(family, "none", tcp, 3, 0);
+    let mut affinity = port(family, "affinity", tcp, 4, 2);
     affinity.session_affinity_timeout = Some(60);
-    let mut nodeport = port(family, "nodeport", 5, 2);
+    let mut nodeport = port(family, "nodeport", tcp, 5, 2);
     nodeport.node_port = Some(30080);
-    nodeport.external_ips = vec![if family == IpFamily::V4 { "203.0.113.5" } else { "2001:db8::5" }.parse().unwrap()];
-    let mut local = port(family, "local", 6, 2);
+    nodeport.external_ips = vec![ip("203.0.113.5", "2001:db8::5")];
+    let mut local = port(family, "local", tcp, 6, 2);
     local.node_port = Some(30081);
     local.external_policy_local = true;
-    let mut itp = port(family, "itp", 7, 2);
+    let mut itp = port(family, "itp", tcp, 7, 2);
     itp.internal_policy_local = true;
-    let mut firewalled = port(family, "firewalled", 9, 2);
-    firewalled.load_balancer_ips =
-        vec![if family == IpFamily::V4 { "198.51.100.9" } else { "2001:db8:100::9" }.parse().unwrap()];
-    firewalled.load_balancer_source_ranges =
-        vec![if family == IpFamily::V4 { "192.0.2.0/24" } else { "2001:db8:2::/64" }.parse().unwrap()];
-    let mut local_none = port(family, "localnone", 8, 2);
+    let mut local_none = port(family, "localnone", tcp, 8, 2);
     local_none.node_port = Some(30082);
     local_none.external_policy_local = true;
     local_none.local_endpoints.clear();
-    vec![plain, single, none, affinity, nodeport, local, itp, local_none, firewalled]
+    let mut firewalled = port(family, "firewalled", tcp, 9, 2);
+    firewalled.load_balancer_ips = vec![ip("198.51.100.9", "2001:db8:100::9")];
+    firewalled.load_balancer_source_ranges = vec![
+        net("192.0.2.0/24", "2001:db8:2::/64"),
+        net("198.51.100.128/25", "2001:db8:3::/56"),
+        net("203.0.113.0/28", "2001:db8:4::/60"),
+    ];
+    let dns = port(family, "dns", Protocol::Udp, 10, 3);
+    let udp_none = port(family, "udpnone", Protocol::Udp, 11, 0);
+    let mut sctp = port(family, "sctp", Protocol::Sctp, 12, 2);
+    sctp.node_port = Some(30083);
+    vec![plain, single, none, affinity, nodeport, local, itp, local_none, firewalled, dns, udp_none, sctp]
 }
 
-fn state(ports: &[ServicePort]) -> FamilyState {
+pub(super) fn state(ports: &[ServicePort]) -> FamilyState {
     let mut st = FamilyState::default();
     for p in ports {
         st.ports.insert(p.name.clone(), Arc::new(p.clone()));
@@ -97,29 +161,16 @@ fn state(ports: &[ServicePort]) -> FamilyState {
     st
 }
 
-fn list(family: &str) -> String {
-    let out = Command::new("nft").args(["list", "table", family, "kube-proxy-rs"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+fn node_ip(family: IpFamily) -> std::net::IpAddr {
+    if family == IpFamily::V4 { "192.168.50.1" } else { "fd00:50::1" }.parse().unwrap()
 }
 
-fn kernel_accepts_full_and_partial_syncs(family: IpFamily) {
-    enter_new_netns();
-    let fam = Family::of(family);
-    let cfg = config(fam);
-    let node_ip = if family == IpFamily::V4 { "192.168.50.1" } else { "fd00:50::1" };
-    let mut nft = NftCommand;
+/// The transactions of a node's life: a full sync of every shape, then every shape changing into every other
+/// in place (partial syncs), a node IP change, then every service going away.
+pub(super) fn life(cfg: &FamilyConfig, family: IpFamily) -> Vec<Transaction> {
     let shapes = every_shape(family);
-    let (tx, mut applied) = full(&cfg, &state(&shapes), vec![node_ip.parse().unwrap()]);
-    nft.apply(&tx).expect("full sync accepted");
-    let listing = list(if fam == Family::Ip { "ip" } else { "ip6" });
-    for chain in
-        ["svc-ns/plain/tcp/http", "ext-ns/local/tcp/http", "local-ns/local/tcp/http", "ep-ns/affinity/tcp/http/"]
-    {
-        assert!(listing.contains(chain), "{chain} missing from\n{listing}");
-    }
-
-    // Every shape changes into every other, in place: each transaction must be accepted.
+    let (tx, mut applied) = full(cfg, &state(&shapes), vec![node_ip(family)]);
+    let mut txs = vec![tx];
     let names: BTreeSet<ServicePortName> = shapes.iter().map(|p| p.name.clone()).collect();
     for shift in 1..shapes.len() {
         let morphed: Vec<ServicePort> = shapes
@@ -132,27 +183,61 @@ fn kernel_accepts_full_and_partial_syncs(family: IpFamily) {
                 q
             })
             .collect();
-        let tx = partial(&mut applied, &state(&morphed), &names, vec![node_ip.parse().unwrap()]);
-        nft.apply(&tx).unwrap_or_else(|e| panic!("shift {shift}: {e}\n{}", super::text::script(&tx)));
+        txs.push(partial(&mut applied, &state(&morphed), &names, vec![node_ip(family)]));
     }
-    // Then everything goes away.
-    let tx = partial(&mut applied, &state(&[]), &names, vec![]);
-    nft.apply(&tx).expect("removal accepted");
-    let listing = list(if fam == Family::Ip { "ip" } else { "ip6" });
-    assert!(!listing.contains("svc-"), "{listing}");
-    assert!(!listing.contains("elements"), "all maps are empty again:\n{listing}");
+    txs.push(partial(&mut applied, &state(&shapes), &names, vec![]));
+    txs.push(partial(&mut applied, &state(&[]), &names, vec![]));
+    txs
 }
 
-#[test]
-fn kernel_accepts_full_and_partial_syncs_v4() {
-    if root_or_skip("kernel_accepts_full_and_partial_syncs_v4") {
-        kernel_accepts_full_and_partial_syncs(IpFamily::V4);
+/// `nft list <what>` in the calling thread's namespace.
+pub(super) fn nft_list(args: &[&str]) -> String {
+    let out = Command::new("nft").args(args).output().expect("nft runs");
+    assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kernel_accepts_full_and_partial_syncs(family: IpFamily, via: Via) {
+    enter_new_netns();
+    let fam = Family::of(family);
+    let kw = if fam == Family::Ip { "ip" } else { "ip6" };
+    let mut transport = via.transport();
+    for (name, cfg) in every_config(fam) {
+        let txs = life(&cfg, family);
+        transport.apply(&txs[0]).unwrap_or_else(|e| panic!("{name}: full sync: {e}"));
+        let listing = nft_list(&["list", "table", kw, "kube-proxy-rs"]);
+        for chain in
+            ["svc-ns/plain/tcp/http", "ext-ns/local/tcp/http", "local-ns/local/tcp/http", "ep-ns/affinity/tcp/http/"]
+        {
+            assert!(listing.contains(chain), "{name}: {chain} missing from\n{listing}");
+        }
+        assert!(transport.table_exists(fam, "kube-proxy-rs").unwrap());
+        assert!(!transport.table_exists(fam, "kube-proxy").unwrap(), "upstream's table was removed");
+        for (step, tx) in txs.iter().enumerate().skip(1) {
+            transport.apply(tx).unwrap_or_else(|e| panic!("{name}, step {step}: {e}\n{}", super::text::script(tx)));
+        }
+        let listing = nft_list(&["list", "table", kw, "kube-proxy-rs"]);
+        assert!(!listing.contains("svc-"), "{name}: {listing}");
+        assert!(!listing.contains("elements"), "{name}: all maps are empty again:\n{listing}");
     }
 }
 
-#[test]
-fn kernel_accepts_full_and_partial_syncs_v6() {
-    if root_or_skip("kernel_accepts_full_and_partial_syncs_v6") {
-        kernel_accepts_full_and_partial_syncs(IpFamily::V6);
-    }
+macro_rules! kernel_tests {
+    ($($name:ident: $family:expr, $via:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                if root_or_skip(stringify!($name)) {
+                    kernel_accepts_full_and_partial_syncs($family, $via);
+                }
+            }
+        )*
+    };
+}
+
+kernel_tests! {
+    kernel_accepts_full_and_partial_syncs_v4_nft: IpFamily::V4, Via::Nft;
+    kernel_accepts_full_and_partial_syncs_v6_nft: IpFamily::V6, Via::Nft;
+    kernel_accepts_full_and_partial_syncs_v4_netlink: IpFamily::V4, Via::Netlink;
+    kernel_accepts_full_and_partial_syncs_v6_netlink: IpFamily::V6, Via::Netlink;
 }

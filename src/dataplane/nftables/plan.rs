@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::ir::*;
-use super::ruleset::{BlockAllocator, FamilyConfig, NODEPORT_IPS, PortObjects, TABLE, UPSTREAM_TABLE};
+use super::ruleset::{BlockAllocator, FamilyConfig, NODEPORT_IPS, PortObjects, SetName, TABLE, UPSTREAM_TABLE};
 use crate::core::{FamilyState, ServicePort, ServicePortName};
 
 /// A block of indexes in the shared endpoint maps, sized to a power of two so small changes fit in place.
@@ -74,6 +74,8 @@ pub struct Applied {
     pub config: FamilyConfig,
     ports: HashMap<ServicePortName, AppliedPort>,
     shared: HashMap<(&'static str, Element), u32>,
+    /// Endpoint maps that exist (they are made when first used and live as long as the table).
+    maps: BTreeSet<String>,
     nodeport_ips: Vec<IpAddr>,
     alloc: IndexAllocator,
 }
@@ -81,14 +83,16 @@ pub struct Applied {
 /// Elements grouped per set, to batch them into few operations.
 #[derive(Default)]
 struct ElementOps {
-    add: BTreeMap<&'static str, Vec<Element>>,
-    delete: BTreeMap<&'static str, Vec<Vec<Value>>>,
+    add: BTreeMap<SetName, Vec<Element>>,
+    delete: BTreeMap<SetName, Vec<Vec<Value>>>,
 }
 
 impl ElementOps {
     fn into_ops(self) -> (Vec<Op>, Vec<Op>) {
-        let deletes = self.delete.into_iter().map(|(set, keys)| Op::DeleteElements { set: set.into(), keys }).collect();
-        let adds = self.add.into_iter().map(|(set, elements)| Op::AddElements { set: set.into(), elements }).collect();
+        let deletes =
+            self.delete.into_iter().map(|(set, keys)| Op::DeleteElements { set: set.into_owned(), keys }).collect();
+        let adds =
+            self.add.into_iter().map(|(set, elements)| Op::AddElements { set: set.into_owned(), elements }).collect();
         (deletes, adds)
     }
 }
@@ -109,6 +113,7 @@ pub fn full(config: &FamilyConfig, desired: &FamilyState, nodeport_ips: Vec<IpAd
         config: config.clone(),
         ports: HashMap::with_capacity(desired.ports.len()),
         shared: HashMap::new(),
+        maps: BTreeSet::new(),
         nodeport_ips: Vec::new(),
         alloc: IndexAllocator::default(),
     };
@@ -121,6 +126,7 @@ pub fn full(config: &FamilyConfig, desired: &FamilyState, nodeport_ips: Vec<IpAd
         let mut blocks = PortBlocks { old: &empty, new: BTreeMap::new(), alloc: Some(&mut applied.alloc) };
         let objects = render(config, port, &mut blocks);
         let blocks = blocks.new;
+        sets.extend(objects.maps.into_iter().filter(|m| applied.maps.insert(m.name.clone())).map(Op::AddSet));
         sets.extend(objects.sets.into_iter().map(Op::AddSet));
         for (chain, chain_rules) in objects.chains {
             chains.push(Op::AddChain { name: chain.clone(), base: None });
@@ -133,13 +139,13 @@ pub fn full(config: &FamilyConfig, desired: &FamilyState, nodeport_ips: Vec<IpAd
             let count = applied.shared.entry(shared.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
-                elements.add.entry(shared.0).or_default().push(shared.1);
+                elements.add.entry(shared.0.into()).or_default().push(shared.1);
             }
         }
         applied.ports.insert(name.clone(), AppliedPort { port: port.clone(), blocks });
     }
     if !nodeport_ips.is_empty() {
-        elements.add.insert(NODEPORT_IPS, config.nodeport_ip_elements(&nodeport_ips));
+        elements.add.insert(NODEPORT_IPS.into(), config.nodeport_ip_elements(&nodeport_ips));
     }
     applied.nodeport_ips = nodeport_ips;
     tx.ops.extend(sets);
@@ -198,10 +204,15 @@ pub fn partial(
             let kept: Vec<&Block> = new_objects.as_ref().map(|(_, b)| b.values().collect()).unwrap_or_default();
             released.extend(o.blocks.values().filter(|b| !kept.contains(b)).copied());
         }
-        let (new_objects, new_blocks) = match new_objects {
+        let (mut new_objects, new_blocks) = match new_objects {
             Some((objects, blocks)) => (objects, Some(blocks)),
             None => (PortObjects::default(), None),
         };
+        for map in std::mem::take(&mut new_objects.maps) {
+            if applied.maps.insert(map.name.clone()) {
+                ph.add_sets.push(Op::AddSet(map));
+            }
+        }
         diff_port(&mut ph, &mut applied.shared, old_objects.unwrap_or_default(), new_objects);
         if let (Some(n), Some(blocks)) = (new, new_blocks) {
             applied.ports.insert(name.clone(), AppliedPort { port: n.clone(), blocks });
@@ -216,9 +227,9 @@ pub fn partial(
         let gone: Vec<IpAddr> = old.difference(&new).map(|ip| **ip).collect();
         let added: Vec<IpAddr> = new.difference(&old).map(|ip| **ip).collect();
         for e in config.nodeport_ip_elements(&gone) {
-            ph.elements.delete.entry(NODEPORT_IPS).or_default().push(e.key);
+            ph.elements.delete.entry(NODEPORT_IPS.into()).or_default().push(e.key);
         }
-        ph.elements.add.entry(NODEPORT_IPS).or_default().extend(config.nodeport_ip_elements(&added));
+        ph.elements.add.entry(NODEPORT_IPS.into()).or_default().extend(config.nodeport_ip_elements(&added));
         applied.nodeport_ips = nodeport_ips;
     }
     let mut tx = Transaction::new(config.family, TABLE);
@@ -285,20 +296,20 @@ fn diff_port(ph: &mut Phases, shared: &mut HashMap<(&'static str, Element), u32>
     }
 
     // Elements owned by this port: keyed by (set, key); changed data is a delete plus an add.
-    let old_elements: HashMap<(&'static str, &Vec<Value>), &Option<ElemData>> =
-        old.elements.iter().map(|(s, e)| ((*s, &e.key), &e.data)).collect();
-    let new_keys: BTreeSet<(&'static str, &Vec<Value>)> = new.elements.iter().map(|(s, e)| (*s, &e.key)).collect();
+    let old_elements: HashMap<(&str, &Vec<Value>), &Option<ElemData>> =
+        old.elements.iter().map(|(s, e)| ((s.as_ref(), &e.key), &e.data)).collect();
+    let new_keys: BTreeSet<(&str, &Vec<Value>)> = new.elements.iter().map(|(s, e)| (s.as_ref(), &e.key)).collect();
     for (set, e) in &new.elements {
-        match old_elements.get(&(*set, &e.key)) {
+        match old_elements.get(&(set.as_ref(), &e.key)) {
             Some(data) if **data == e.data => continue,
-            Some(_) => ph.elements.delete.entry(set).or_default().push(e.key.clone()),
+            Some(_) => ph.elements.delete.entry(set.clone()).or_default().push(e.key.clone()),
             None => {}
         }
-        ph.elements.add.entry(set).or_default().push(e.clone());
+        ph.elements.add.entry(set.clone()).or_default().push(e.clone());
     }
     for (set, e) in &old.elements {
-        if !new_keys.contains(&(*set, &e.key)) {
-            ph.elements.delete.entry(set).or_default().push(e.key.clone());
+        if !new_keys.contains(&(set.as_ref(), &e.key)) {
+            ph.elements.delete.entry(set.clone()).or_default().push(e.key.clone());
         }
     }
 
@@ -307,7 +318,7 @@ fn diff_port(ph: &mut Phases, shared: &mut HashMap<(&'static str, Element), u32>
         let count = shared.entry(item.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            ph.elements.add.entry(item.0).or_default().push(item.1);
+            ph.elements.add.entry(item.0.into()).or_default().push(item.1);
         }
     }
     for item in old.shared {
@@ -315,7 +326,7 @@ fn diff_port(ph: &mut Phases, shared: &mut HashMap<(&'static str, Element), u32>
         *count -= 1;
         if *count == 0 {
             shared.remove(&item);
-            ph.elements.delete.entry(item.0).or_default().push(item.1.key);
+            ph.elements.delete.entry(item.0.into()).or_default().push(item.1.key);
         }
     }
 }

@@ -12,7 +12,7 @@ fn config() -> FamilyConfig {
         family: Family::Ip,
         masquerade_mark: 0x4000,
         masquerade_all: false,
-        local: LocalTraffic::Cidrs(vec!["10.244.0.0/16".parse().unwrap()]),
+        local: LocalTraffic::Cidr("10.244.0.0/16".parse().unwrap()),
         nodeports: super::super::ruleset::NodePortAddresses::Listed,
         node_ips: vec![],
     }
@@ -85,9 +85,10 @@ fn full_sync_replaces_the_table_atomically_and_contains_each_service() {
         ]
     );
     let script = l.join("\n");
-    assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints-tcp"), "{script}");
+    assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints-tcp-0"), "{script}");
     assert!(
-        script.contains("add element ip kube-proxy-rs endpoints-tcp { 0 : 10.244.0.5 . 8080, 1 : 10.244.0.6 . 8080 }"),
+        script
+            .contains("add element ip kube-proxy-rs endpoints-tcp-0 { 0 : 10.244.0.5 . 8080, 1 : 10.244.0.6 . 8080 }"),
         "{script}"
     );
     assert!(script.contains("10.96.0.1 . tcp . 80 : goto svc-ns/a/tcp/http"), "{script}");
@@ -109,9 +110,9 @@ fn endpoint_change_within_capacity_only_rewrites_map_elements() {
     assert_eq!(
         lines(&tx),
         [
-            "delete element ip kube-proxy-rs endpoints-tcp { 1 }",
+            "delete element ip kube-proxy-rs endpoints-tcp-0 { 1 }",
             "delete element ip kube-proxy-rs hairpin { 10.244.0.6 . 10.244.0.6 }",
-            "add element ip kube-proxy-rs endpoints-tcp { 1 : 10.244.0.7 . 8080 }",
+            "add element ip kube-proxy-rs endpoints-tcp-0 { 1 : 10.244.0.7 . 8080 }",
             "add element ip kube-proxy-rs hairpin { 10.244.0.7 . 10.244.0.7 }",
         ]
     );
@@ -125,17 +126,17 @@ fn growing_past_capacity_moves_to_a_new_block_and_rewrites_the_chain() {
     let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
     let l = lines(&tx);
     assert_eq!(l[0], "flush chain ip kube-proxy-rs svc-ns/a/tcp/http");
-    assert!(l[1].ends_with("numgen random mod 3 offset 2 map @endpoints-tcp"), "{l:?}");
-    assert!(l.contains(&"delete element ip kube-proxy-rs endpoints-tcp { 0, 1 }".to_string()), "{l:?}");
+    assert!(l[1].ends_with("numgen random mod 3 offset 2 map @endpoints-tcp-0"), "{l:?}");
+    assert!(l.contains(&"delete element ip kube-proxy-rs endpoints-tcp-0 { 0, 1 }".to_string()), "{l:?}");
     assert!(
-        l.iter().any(|x| x.starts_with("add element ip kube-proxy-rs endpoints-tcp { 2 : 10.244.0.5 . 8080, 3 :")),
+        l.iter().any(|x| x.starts_with("add element ip kube-proxy-rs endpoints-tcp-0 { 2 : 10.244.0.5 . 8080, 3 :")),
         "{l:?}"
     );
     // The old block is free again: a new port of capacity 2 reuses it.
     let b = port("b", "10.96.0.2", &["10.244.1.1", "10.244.1.2"]);
     let tx = partial(&mut applied, &state(&[a2, b.clone()]), &changed(&[&b]), vec![]);
     assert!(
-        lines(&tx).iter().any(|l| l.ends_with("numgen random mod 2 offset 0 map @endpoints-tcp")),
+        lines(&tx).iter().any(|l| l.ends_with("numgen random mod 2 offset 0 map @endpoints-tcp-0")),
         "{:?}",
         lines(&tx)
     );
@@ -197,7 +198,7 @@ fn affinity_timeout_change_recreates_sets_and_rewrites_chains_using_them() {
     let script = text::script(&tx);
     assert!(script.contains("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5/8080 { type ipv4_addr ; flags dynamic,timeout ; timeout 100s ; }"), "{script}");
     assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http ip saddr @affinity-ns/a/tcp/http/10.244.0.5/8080 goto ep-ns/a/tcp/http/10.244.0.5/8080"), "{script}");
-    assert!(script.contains("numgen random mod 2 offset 0 vmap @endpoint-chains"), "{script}");
+    assert!(script.contains("numgen random mod 2 offset 0 vmap @endpoint-chains-0"), "{script}");
     let mut a2 = a.clone();
     a2.session_affinity_timeout = Some(200);
     let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
@@ -212,4 +213,71 @@ fn affinity_timeout_change_recreates_sets_and_rewrites_chains_using_them() {
             < pos("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5")
     );
     assert!(pos("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5") < pos("add rule ip kube-proxy-rs svc-"));
+}
+
+#[test]
+fn source_ranges_return_to_the_base_chain_and_everything_else_is_dropped() {
+    let mut a = port("a", "10.96.0.1", &["10.244.0.5"]);
+    a.load_balancer_ips = vec!["198.51.100.9".parse().unwrap()];
+    a.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap(), "203.0.113.0/25".parse().unwrap()];
+    let mut cfg = config();
+    cfg.node_ips = vec!["192.0.2.7".parse().unwrap()];
+    let (tx, _) = full(&cfg, &state(&[a]), vec![]);
+    let firewall: Vec<String> =
+        lines(&tx).into_iter().filter(|l| l.starts_with("add rule ip kube-proxy-rs firewall-ns/a/tcp/http ")).collect();
+    assert_eq!(
+        firewall,
+        [
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http ip saddr 192.0.2.0/24 return",
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http ip saddr 203.0.113.0/25 return",
+            // The node is inside an allowed range: it may reach its own LB IP with the LB IP as source.
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http ip saddr 198.51.100.9/32 return",
+            "add rule ip kube-proxy-rs firewall-ns/a/tcp/http drop",
+        ]
+    );
+    assert!(
+        text::script(&tx).contains(
+            "add element ip kube-proxy-rs firewall-ips { 198.51.100.9 . tcp . 80 : goto firewall-ns/a/tcp/http }"
+        ),
+        "{}",
+        text::script(&tx)
+    );
+}
+
+#[test]
+fn endpoint_maps_are_split_per_span_of_indexes_and_made_when_first_needed() {
+    let ten: Vec<String> = (1..=10).map(|i| format!("10.244.1.{i}")).collect();
+    let ten: Vec<&str> = ten.iter().map(String::as_str).collect();
+    // Blocks of 16 indexes: 32 ports per map of 512 indexes.
+    let ports: Vec<ServicePort> = (0..64).map(|i| port(&format!("p{i:02}"), &format!("10.96.1.{i}"), &ten)).collect();
+    let (tx, mut applied) = full(&config(), &state(&ports), vec![]);
+    let script = text::script(&tx);
+    for map in ["endpoints-tcp-0", "endpoints-tcp-1"] {
+        let declaration =
+            format!("add map ip kube-proxy-rs {map} {{ typeof numgen random mod 1 : ip daddr . tcp dport ; }}");
+        assert_eq!(script.matches(&declaration).count(), 1, "{map} declared once:\n{script}");
+    }
+    assert!(!script.contains("endpoints-tcp-2") && !script.contains("endpoints-udp"), "no map nobody uses");
+    assert!(script.contains(
+        "svc-ns/p31/tcp/http meta l4proto tcp dnat ip to numgen random mod 10 offset 496 map @endpoints-tcp-0"
+    ));
+    assert!(script.contains(
+        "svc-ns/p32/tcp/http meta l4proto tcp dnat ip to numgen random mod 10 offset 512 map @endpoints-tcp-1"
+    ));
+    assert!(script.contains("add element ip kube-proxy-rs endpoints-tcp-1 { 512 : 10.244.1.1 . 8080,"), "{script}");
+
+    // The next block opens a new map: the same transaction declares it before the rule that uses it.
+    let p64 = port("p64", "10.96.2.1", &ten);
+    let mut all = ports.clone();
+    all.push(p64.clone());
+    let l = lines(&partial(&mut applied, &state(&all), &changed(&[&p64]), vec![]));
+    let declared = l.iter().position(|x| x.starts_with("add map ip kube-proxy-rs endpoints-tcp-2 ")).expect("declared");
+    let used = l.iter().position(|x| x.ends_with("offset 1024 map @endpoints-tcp-2")).expect("used");
+    assert!(declared < used, "{l:?}");
+    // … and only that once.
+    let p65 = port("p65", "10.96.2.2", &ten);
+    all.push(p65.clone());
+    let l = lines(&partial(&mut applied, &state(&all), &changed(&[&p65]), vec![]));
+    assert!(!l.iter().any(|x| x.starts_with("add map")), "{l:?}");
+    assert!(l.iter().any(|x| x.ends_with("offset 1040 map @endpoints-tcp-2")), "{l:?}");
 }

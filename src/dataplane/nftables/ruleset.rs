@@ -1,8 +1,10 @@
 //! The shape of kube-proxy-rs's nftables ruleset: a fixed skeleton per family plus, per service port, a few
 //! chains and map elements. Few chains and shared named maps keep the kernel's work small (see
-//! ../shared/notes/kernel-and-tools.md): endpoints are chosen with `numgen random mod N offset B` into one
-//! shared `endpoints` map, so no chain exists per endpoint (except for session affinity).
+//! ../shared/notes/kernel-and-tools.md): endpoints are chosen with `numgen random mod N offset B` into endpoint
+//! maps shared by the services whose index blocks fall in the same span, so no chain exists per endpoint (except
+//! for session affinity).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -22,15 +24,27 @@ pub const SERVICE_IPS: &str = "service-ips";
 pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-/// Endpoint maps, one per protocol (nft type-checks a DNAT's protocol against the map's).
-pub fn endpoints_map(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "endpoints-tcp",
-        Protocol::Udp => "endpoints-udp",
-        Protocol::Sctp => "endpoints-sctp",
-    }
+/// Indexes per endpoint map. The kernel checks every element added to a map against every rule that uses the
+/// map, and every rule that starts using a map against all its elements (nft_add_set_elem, nf_tables_bind_set):
+/// one map for all services costs elements × services — 13.6 s for a full sync of 10,000 services × 10
+/// endpoints. A map per span of the index space is used by a few dozen rules only. Many small maps cost too, as
+/// the kernel finds a set by name by walking the table's sets: 512 measured best (0.65 s; 128: 0.94 s, 2048:
+/// 0.85 s; examples/nftables_scale.rs).
+pub const ENDPOINT_MAP_SPAN: u32 = 512;
+
+/// The endpoint map of the index block at `offset`, per protocol (nft type-checks a DNAT's protocol against the
+/// map's).
+pub fn endpoints_map(protocol: Protocol, offset: u32) -> String {
+    format!("endpoints-{}-{}", protocol.name(), offset / ENDPOINT_MAP_SPAN)
 }
-pub const ENDPOINT_CHAINS: &str = "endpoint-chains";
+
+/// The endpoint-chain map (session affinity) of the index block at `offset`.
+pub fn endpoint_chains_map(offset: u32) -> String {
+    format!("endpoint-chains-{}", offset / ENDPOINT_MAP_SPAN)
+}
+
+/// The name of a set in a port's elements: a skeleton set, or an endpoint map.
+pub type SetName = Cow<'static, str>;
 pub const HAIRPIN: &str = "hairpin";
 pub const FIREWALL_IPS: &str = "firewall-ips";
 
@@ -49,8 +63,9 @@ const FIREWALL_CHECK: &str = "firewall-check";
 pub enum LocalTraffic {
     /// Not detectable: nothing is masqueraded because of its source.
     Undetectable,
-    /// Sources inside these CIDRs (ClusterCIDR, or NodeCIDR from the Node's podCIDRs).
-    Cidrs(Vec<IpNet>),
+    /// Sources inside this CIDR (ClusterCIDR, or NodeCIDR from the Node's podCIDRs). One per family: the
+    /// configuration allows no more, so a single prefix match does it.
+    Cidr(IpNet),
     /// Packets arriving on this bridge (BridgeInterface).
     Bridge(String),
     /// Packets arriving on interfaces with this name prefix (InterfaceNamePrefix).
@@ -85,8 +100,11 @@ pub struct PortObjects {
     pub chains: Vec<(String, Vec<Rule>)>,
     /// Dynamic sets (session affinity) that belong to this port alone.
     pub sets: Vec<SetDef>,
-    /// Elements of the skeleton's maps whose keys belong to this port alone.
-    pub elements: Vec<(&'static str, Element)>,
+    /// Endpoint maps this port's rules use. Shared with the other ports of the same span: created when first
+    /// needed, kept while the table lives.
+    pub maps: Vec<SetDef>,
+    /// Elements (of the skeleton's maps, and of endpoint maps) whose keys belong to this port alone.
+    pub elements: Vec<(SetName, Element)>,
     /// Elements other ports may contribute too (a cluster IP, a hairpin pair): reference-counted.
     pub shared: Vec<(&'static str, Element)>,
 }
@@ -116,11 +134,7 @@ impl FamilyConfig {
     fn not_local(&self) -> Option<Stmt> {
         match &self.local {
             LocalTraffic::Undetectable => None,
-            LocalTraffic::Cidrs(nets) if nets.is_empty() => None,
-            LocalTraffic::Cidrs(nets) if nets.len() == 1 => {
-                Some(Stmt::Cmp { field: Field::Saddr, value: Value::Net(nets[0]), negate: true })
-            }
-            LocalTraffic::Cidrs(nets) => Some(Stmt::InNets { field: Field::Saddr, nets: nets.clone(), negate: true }),
+            LocalTraffic::Cidr(net) => Some(Stmt::Cmp { field: Field::Saddr, value: Value::Net(*net), negate: true }),
             LocalTraffic::Bridge(name) => {
                 Some(Stmt::Cmp { field: Field::Iifname, value: Value::Iface(name.clone()), negate: true })
             }
@@ -134,16 +148,15 @@ impl FamilyConfig {
     fn is_local(&self) -> Option<Stmt> {
         self.not_local().map(|s| match s {
             Stmt::Cmp { field, value, .. } => Stmt::Cmp { field, value, negate: false },
-            Stmt::InNets { field, nets, .. } => Stmt::InNets { field, nets, negate: false },
             other => other,
         })
     }
 
     /// Sets, maps, chains and rules that exist whatever the services are.
     pub fn skeleton(&self) -> Vec<Op> {
-        use DataType::{Addr, Index, Port, Proto};
+        use DataType::{Addr, Port, Proto};
         let set = |name: &str, key: Vec<DataType>, data: Vec<DataType>| {
-            Op::AddSet(SetDef { name: name.into(), key, data, interval: false, timeout: None })
+            Op::AddSet(SetDef { name: name.into(), key, data, timeout: None })
         };
         let mut ops = vec![
             set(CLUSTER_IPS, vec![Addr], vec![]),
@@ -152,10 +165,6 @@ impl FamilyConfig {
             set(SERVICE_NODEPORTS, vec![Proto, Port], vec![DataType::Verdict]),
             set(NO_ENDPOINT_SERVICES, vec![Addr, Proto, Port], vec![DataType::Verdict]),
             set(NO_ENDPOINT_NODEPORTS, vec![Proto, Port], vec![DataType::Verdict]),
-            set(endpoints_map(Protocol::Tcp), vec![Index], vec![Addr, DataType::L4Port(Protocol::Tcp)]),
-            set(endpoints_map(Protocol::Udp), vec![Index], vec![Addr, DataType::L4Port(Protocol::Udp)]),
-            set(endpoints_map(Protocol::Sctp), vec![Index], vec![Addr, DataType::L4Port(Protocol::Sctp)]),
-            set(ENDPOINT_CHAINS, vec![Index], vec![DataType::Verdict]),
             set(HAIRPIN, vec![Addr, Addr], vec![]),
             set(FIREWALL_IPS, vec![Addr, Proto, Port], vec![DataType::Verdict]),
         ];
@@ -294,11 +303,11 @@ impl FamilyConfig {
         let internal =
             if p.internal_policy_local { local_ok.then_some(&local_chain) } else { cluster_ok.then_some(&svc_chain) };
         match internal {
-            Some(chain) => out.elements.push((SERVICE_IPS, elem(cluster_key, goto(chain)))),
+            Some(chain) => out.elements.push((SERVICE_IPS.into(), elem(cluster_key, goto(chain)))),
             None if !p.has_any_endpoints => {
-                out.elements.push((NO_ENDPOINT_SERVICES, elem(cluster_key, reject.clone())))
+                out.elements.push((NO_ENDPOINT_SERVICES.into(), elem(cluster_key, reject.clone())))
             }
-            None => out.elements.push((NO_ENDPOINT_SERVICES, elem(cluster_key, drop.clone()))),
+            None => out.elements.push((NO_ENDPOINT_SERVICES.into(), elem(cluster_key, drop.clone()))),
         }
 
         if !p.externally_accessible() {
@@ -311,12 +320,12 @@ impl FamilyConfig {
             // No endpoint anywhere (external traffic always needs the cluster set for short-circuiting).
             for ip in external_ips {
                 out.elements.push((
-                    NO_ENDPOINT_SERVICES,
+                    NO_ENDPOINT_SERVICES.into(),
                     elem(vec![Value::Addr(*ip), proto.clone(), port.clone()], reject.clone()),
                 ));
             }
             if let Some(key) = nodeport_key {
-                out.elements.push((NO_ENDPOINT_NODEPORTS, elem(key, reject.clone())));
+                out.elements.push((NO_ENDPOINT_NODEPORTS.into(), elem(key, reject.clone())));
             }
             return out;
         }
@@ -342,15 +351,15 @@ impl FamilyConfig {
         let dropped = p.external_policy_local && !local_ok;
         for ip in external_ips {
             let key = vec![Value::Addr(*ip), proto.clone(), port.clone()];
-            out.elements.push((SERVICE_IPS, elem(key.clone(), goto(&ext_chain))));
+            out.elements.push((SERVICE_IPS.into(), elem(key.clone(), goto(&ext_chain))));
             if dropped {
-                out.elements.push((NO_ENDPOINT_SERVICES, elem(key, drop.clone())));
+                out.elements.push((NO_ENDPOINT_SERVICES.into(), elem(key, drop.clone())));
             }
         }
         if let Some(key) = nodeport_key {
-            out.elements.push((SERVICE_NODEPORTS, elem(key.clone(), goto(&ext_chain))));
+            out.elements.push((SERVICE_NODEPORTS.into(), elem(key.clone(), goto(&ext_chain))));
             if dropped {
-                out.elements.push((NO_ENDPOINT_NODEPORTS, elem(key, drop.clone())));
+                out.elements.push((NO_ENDPOINT_NODEPORTS.into(), elem(key, drop.clone())));
             }
         }
         out
@@ -368,13 +377,22 @@ impl FamilyConfig {
             // The node may reach its own LB IP with the LB IP as source (VIP on a local route).
             allowed.extend(p.load_balancer_ips.iter().map(|ip| IpNet::from(*ip)));
         }
-        out.chains.push((
-            chain.clone(),
-            vec![vec![Stmt::InNets { field: Field::Saddr, nets: allowed, negate: true }, Stmt::Verdict(Verdict::Drop)]],
-        ));
+        // One `return` per allowed range, then `drop`. The chain is entered by goto from `firewall-check`, so
+        // `return` resumes the filter base chain that jumped there, exactly as falling off the end would.
+        let mut rules: Vec<Rule> = allowed
+            .into_iter()
+            .map(|net| {
+                vec![
+                    Stmt::Cmp { field: Field::Saddr, value: Value::Net(net), negate: false },
+                    Stmt::Verdict(Verdict::Return),
+                ]
+            })
+            .collect();
+        rules.push(vec![Stmt::Verdict(Verdict::Drop)]);
+        out.chains.push((chain.clone(), rules));
         for ip in &p.load_balancer_ips {
             out.elements.push((
-                FIREWALL_IPS,
+                FIREWALL_IPS.into(),
                 Element {
                     key: vec![Value::Addr(*ip), Value::Proto(p.protocol()), Value::Port(p.port)],
                     data: Some(ElemData::Verdict(Verdict::Goto(chain.clone()))),
@@ -403,13 +421,17 @@ impl FamilyConfig {
                 ]);
             }
             let offset = blocks.block(chain, n);
-            rules.push(vec![Stmt::Vmap {
-                key: vec![Field::Numgen { modulus: n, offset }],
-                map: ENDPOINT_CHAINS.into(),
-            }]);
+            let map = endpoint_chains_map(offset);
+            out.maps.push(SetDef {
+                name: map.clone(),
+                key: vec![DataType::Index],
+                data: vec![DataType::Verdict],
+                timeout: None,
+            });
+            rules.push(vec![Stmt::Vmap { key: vec![Field::Numgen { modulus: n, offset }], map: map.clone() }]);
             for (i, ep) in endpoints.iter().enumerate() {
                 out.elements.push((
-                    ENDPOINT_CHAINS,
+                    map.clone().into(),
                     Element {
                         key: vec![Value::Index(offset + i as u32)],
                         data: Some(ElemData::Verdict(Verdict::Goto(endpoint_chain(id, ep)))),
@@ -420,14 +442,21 @@ impl FamilyConfig {
             rules.push(vec![Stmt::Dnat { protocol: p.protocol(), addr: endpoints[0].ip, port: endpoints[0].port }]);
         } else {
             let offset = blocks.block(chain, n);
+            let map = endpoints_map(p.protocol(), offset);
+            out.maps.push(SetDef {
+                name: map.clone(),
+                key: vec![DataType::Index],
+                data: vec![DataType::Addr, DataType::L4Port(p.protocol())],
+                timeout: None,
+            });
             rules.push(vec![Stmt::DnatMap {
                 protocol: p.protocol(),
                 key: vec![Field::Numgen { modulus: n, offset }],
-                map: endpoints_map(p.protocol()).into(),
+                map: map.clone(),
             }]);
             for (i, ep) in endpoints.iter().enumerate() {
                 out.elements.push((
-                    endpoints_map(p.protocol()),
+                    map.clone().into(),
                     Element {
                         key: vec![Value::Index(offset + i as u32)],
                         data: Some(ElemData::Values(vec![Value::Addr(ep.ip), Value::Port(ep.port)])),
@@ -445,7 +474,6 @@ impl FamilyConfig {
             name: set.clone(),
             key: vec![DataType::Addr],
             data: vec![],
-            interval: false,
             timeout: p.session_affinity_timeout,
         });
         out.chains.push((

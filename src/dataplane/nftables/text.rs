@@ -61,10 +61,6 @@ fn stmt(f: Family, s: &Stmt) -> String {
         Stmt::Cmp { field: fl, value: v, negate } => {
             format!("{} {}{}", field(f, fl), if *negate { "!= " } else { "" }, value(v))
         }
-        Stmt::InNets { field: fl, nets, negate } => {
-            let list = nets.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
-            format!("{} {}{{ {list} }}", field(f, fl), if *negate { "!= " } else { "" })
-        }
         Stmt::MarkMatch { mask, value } => format!("meta mark & {mask:#010x} == {value:#010x}"),
         Stmt::CtStateNew => "ct state new".into(),
         Stmt::CtStatusDnat => "ct status dnat".into(),
@@ -127,12 +123,8 @@ fn set_spec(f: Family, s: &SetDef) -> String {
         }
         out.push_str(" ; ");
     }
-    match (s.interval, s.timeout) {
-        (true, _) => out.push_str("flags interval ; "),
-        (false, Some(t)) => {
-            let _ = write!(out, "flags dynamic,timeout ; timeout {t}s ; ");
-        }
-        (false, None) => {}
+    if let Some(t) = s.timeout {
+        let _ = write!(out, "flags dynamic,timeout ; timeout {t}s ; ");
     }
     out.push('}');
     out
@@ -171,55 +163,65 @@ const ELEMENTS_PER_LINE: usize = 512;
 
 /// The whole transaction as an `nft -f` script.
 pub fn script(tx: &Transaction) -> String {
-    let f = tx.family;
-    let t = format!("{} {}", family_kw(f), tx.table);
     let mut out = String::new();
     for op in &tx.ops {
-        match op {
-            Op::AddTable => writeln!(out, "add table {t}"),
-            Op::DeleteTable => writeln!(out, "delete table {t}"),
-            Op::RemoveOtherTable(name) => {
-                let other = format!("{} {name}", family_kw(f));
-                // "add" first makes the delete succeed whether or not the table exists.
-                writeln!(out, "add table {other}\ndelete table {other}")
-            }
-            Op::AddChain { name, base: None } => writeln!(out, "add chain {t} {name}"),
-            Op::AddChain { name, base: Some(b) } => {
-                let ty = match b.chain_type {
-                    ChainType::Filter => "filter",
-                    ChainType::Nat => "nat",
-                };
-                writeln!(
-                    out,
-                    "add chain {t} {name} {{ type {ty} hook {} priority {} ; policy accept ; }}",
-                    hook(b.hook),
-                    priority(b)
-                )
-            }
-            Op::FlushChain(name) => writeln!(out, "flush chain {t} {name}"),
-            Op::DeleteChain(name) => writeln!(out, "delete chain {t} {name}"),
-            Op::AddSet(s) => {
-                let kind = if s.data.is_empty() { "set" } else { "map" };
-                writeln!(out, "add {kind} {t} {} {}", s.name, set_spec(f, s))
-            }
-            Op::DeleteSet(name) => writeln!(out, "delete set {t} {name}"),
-            Op::AddElements { set, elements } => {
-                for chunk in elements.chunks(ELEMENTS_PER_LINE) {
-                    let list = chunk.iter().map(element).collect::<Vec<_>>().join(", ");
-                    let _ = writeln!(out, "add element {t} {set} {{ {list} }}");
-                }
-                Ok(())
-            }
-            Op::DeleteElements { set, keys } => {
-                for chunk in keys.chunks(ELEMENTS_PER_LINE) {
-                    let list = chunk.iter().map(|k| values(k)).collect::<Vec<_>>().join(", ");
-                    let _ = writeln!(out, "delete element {t} {set} {{ {list} }}");
-                }
-                Ok(())
-            }
-            Op::AddRule { chain, rule: r } => writeln!(out, "add rule {t} {chain} {}", rule(f, r)),
-        }
-        .expect("writing to a String cannot fail");
+        write_op(&mut out, tx.family, &tx.table, op);
     }
     out
+}
+
+/// One operation as `nft -f` lines (for error messages that name the operation that failed).
+pub fn op(family: Family, table: &str, op: &Op) -> String {
+    let mut out = String::new();
+    write_op(&mut out, family, table, op);
+    out
+}
+
+fn write_op(out: &mut String, f: Family, table: &str, op: &Op) {
+    let t = format!("{} {table}", family_kw(f));
+    match op {
+        Op::AddTable => writeln!(out, "add table {t}"),
+        Op::DeleteTable => writeln!(out, "delete table {t}"),
+        Op::RemoveOtherTable(name) => {
+            let other = format!("{} {name}", family_kw(f));
+            // "add" first makes the delete succeed whether or not the table exists.
+            writeln!(out, "add table {other}\ndelete table {other}")
+        }
+        Op::AddChain { name, base: None } => writeln!(out, "add chain {t} {name}"),
+        Op::AddChain { name, base: Some(b) } => {
+            let ty = match b.chain_type {
+                ChainType::Filter => "filter",
+                ChainType::Nat => "nat",
+            };
+            writeln!(
+                out,
+                "add chain {t} {name} {{ type {ty} hook {} priority {} ; policy accept ; }}",
+                hook(b.hook),
+                priority(b)
+            )
+        }
+        Op::FlushChain(name) => writeln!(out, "flush chain {t} {name}"),
+        Op::DeleteChain(name) => writeln!(out, "delete chain {t} {name}"),
+        Op::AddSet(s) => {
+            let kind = if s.data.is_empty() { "set" } else { "map" };
+            writeln!(out, "add {kind} {t} {} {}", s.name, set_spec(f, s))
+        }
+        Op::DeleteSet(name) => writeln!(out, "delete set {t} {name}"),
+        Op::AddElements { set, elements } => {
+            for chunk in elements.chunks(ELEMENTS_PER_LINE) {
+                let list = chunk.iter().map(element).collect::<Vec<_>>().join(", ");
+                let _ = writeln!(out, "add element {t} {set} {{ {list} }}");
+            }
+            Ok(())
+        }
+        Op::DeleteElements { set, keys } => {
+            for chunk in keys.chunks(ELEMENTS_PER_LINE) {
+                let list = chunk.iter().map(|k| values(k)).collect::<Vec<_>>().join(", ");
+                let _ = writeln!(out, "delete element {t} {set} {{ {list} }}");
+            }
+            Ok(())
+        }
+        Op::AddRule { chain, rule: r } => writeln!(out, "add rule {t} {chain} {}", rule(f, r)),
+    }
+    .expect("writing to a String cannot fail");
 }

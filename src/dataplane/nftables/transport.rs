@@ -1,5 +1,5 @@
-//! How a transaction reaches the kernel. `NftCommand` pipes `nft -f` text (one script = one atomic
-//! transaction); a netlink transport can replace it without changing anything above.
+//! How a transaction reaches the kernel: `NetlinkTransport` (../netlink.rs) sends one nfnetlink batch per
+//! transaction; `NftCommand` pipes `nft -f` text (one script = one atomic transaction), the fallback.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -16,6 +16,10 @@ pub enum TransportError {
     /// The transport itself failed (tool missing, socket error).
     #[error("{0}")]
     Io(String),
+    /// The transaction cannot be expressed by this transport (a use of the rule IR it does not know); nothing
+    /// was sent.
+    #[error("cannot encode the transaction: {0}")]
+    Encode(String),
 }
 
 /// Applies transactions to the kernel.
