@@ -79,26 +79,13 @@ pub fn nothing_is_programmed_before_both_lists(mode: Mode) {
     let (c, api) = api_cluster(mode, &[("client", NODE), ("a", NODE)]);
     let web = publish(&c, &api, "web", 1, &["a"]);
     api.hold_lists(ENDPOINT_SLICES);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(c.dir.join("proxy.log")).unwrap();
-    let mut cmd = c.lab.netns(&Where::Node).unwrap().command(&[
-        BIN,
-        c.mode.flag(),
-        "--hostname-override",
-        NODE,
-        "--kubeconfig",
-        &c.dir.join("kubeconfig.yaml").to_string_lossy(),
-        "--metrics-bind-address=127.0.0.1:10249",
-    ]);
-    cmd.stderr(log);
-    let mut proxy = cmd.spawn().unwrap();
+    c.spawn_proxy();
     eventually("services listed", Duration::from_secs(5), || api.lists(SERVICES) >= 1);
     std::thread::sleep(Duration::from_millis(700));
     let tables = c.node_exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("kube-proxy-rs"), "programmed before EndpointSlices were listed:\n{tables}");
     api.release_lists();
     eventually("programmed after both lists", Duration::from_secs(5), || answers(&c, web));
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }
 
 pub fn watches_resume_and_relists_pass_only_differences(mode: Mode) {

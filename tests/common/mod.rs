@@ -156,12 +156,17 @@ impl Cluster {
 
     /// Start the proxy and wait until it has synced once.
     pub fn start_proxy(&self) {
+        self.spawn_proxy();
+        self.wait_synced_after(None);
+    }
+
+    /// Start the proxy without waiting for anything.
+    pub fn spawn_proxy(&self) {
         assert!(self.proxy.borrow().is_none(), "proxy already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = self.proxy_command(&[]);
         cmd.stdout(Stdio::null()).stderr(log);
         *self.proxy.borrow_mut() = Some(cmd.spawn().expect("start proxy"));
-        self.wait_synced_after(None);
     }
 
     /// Stop the proxy with SIGTERM (as the kubelet does) and wait for it to exit.
