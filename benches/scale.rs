@@ -149,7 +149,7 @@ fn run(size: usize, a: &Args) {
     let cold_full = m.full_sum;
     let rss_first = measure::rss_mib(p.id());
     let _ = started;
-    println!("manifests: {:.1} MiB in {} files", bytes as f64 / 1048576.0, (size + 99) / 100);
+    println!("manifests: {:.1} MiB in {} files", bytes as f64 / 1048576.0, size.div_ceil(100));
     println!("first sync complete after start:  {:>8.3} s", first.as_secs_f64());
     println!("full sync, empty kernel (metric):  {:>8.3} s", cold_full);
     println!("resident memory after first sync: {:>8.1} MiB", rss_first);

@@ -22,7 +22,7 @@ fn endpoint_ip(i: usize, j: usize) -> Ipv4Addr {
 pub fn service_docs(i: usize, endpoints: usize, node: &str, out: &mut String) {
     let name = format!("svc-{i}");
     let mut svc = service("bench", &name, &[cluster_ip(i).into()]).port("http", "TCP", 80, 8080);
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         svc = svc.node_port(30000 + (i / 10 % 2700) as u16);
     }
     let eps = (0..endpoints)
