@@ -53,9 +53,28 @@ pub fn api_source_follows_the_api_server(mode: Mode) {
             .any(|e| e["reason"] == "Starting" && e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == NODE),
         "a Starting event on the Node: {events:?}"
     );
-    // A new service, then its removal, arrive through the watch.
-    let other = publish(&c, &api, "other", 2, &["a"]);
+    // A new service, then its removal, arrive through the watch. Its slice carries the trigger-time annotation
+    // the EndpointSlice controller sets: network programming latency is measured from it.
+    let programmed = c.metric("kubeproxy_network_programming_duration_seconds_count");
+    let other = sock(v4("10.96.1.2"), 80);
+    api.apply(&service("demo", "other", &[other.ip()]).port("http", "TCP", 80, 8080).0);
+    let mut slice = endpoint_slice(
+        "demo",
+        "other-1",
+        "other",
+        false,
+        &[("http", "TCP", 8080)],
+        vec![endpoint(c.pod_ip("a", V4), NODE)],
+    );
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    slice.metadata.annotations = Some([("endpoints.kubernetes.io/last-change-trigger-time".to_string(), now)].into());
+    api.apply(&slice);
     eventually("new service programmed", Duration::from_secs(3), || answers(&c, other));
+    eventually("network programming latency observed", Duration::from_secs(3), || {
+        c.metric("kubeproxy_network_programming_duration_seconds_count") > programmed
+    });
+    let sum = c.metric("kubeproxy_network_programming_duration_seconds_sum");
+    assert!((0.0..10.0).contains(&sum), "latency measured from the annotation: {sum}");
     api.delete("Service", "demo", "other");
     eventually("deleted service removed", Duration::from_secs(3), || !answers(&c, other));
     // Services of another proxy and headless ones are not ours (upstream's label selector).
