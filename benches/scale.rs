@@ -25,10 +25,19 @@ struct Args {
     churn_seconds: u64,
     rate_seconds: u64,
     proxy_args: Vec<String>,
+    /// Stop after the first sync and keep the directory and the proxy's log (for profiling start-up).
+    first_sync_only: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { sizes: vec![1000], endpoints: 10, churn_seconds: 60, rate_seconds: 5, proxy_args: vec![] };
+    let mut a = Args {
+        sizes: vec![1000],
+        endpoints: 10,
+        churn_seconds: 60,
+        rate_seconds: 5,
+        proxy_args: vec![],
+        first_sync_only: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -37,6 +46,7 @@ fn args() -> Args {
             "--churn-seconds" => a.churn_seconds = it.next().unwrap().parse().unwrap(),
             "--rate-seconds" => a.rate_seconds = it.next().unwrap().parse().unwrap(),
             "--proxy-arg" => a.proxy_args.push(it.next().unwrap()),
+            "--first-sync-only" => a.first_sync_only = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -149,6 +159,15 @@ fn run(size: usize, a: &Args) {
     let cold_full = m.full_sum;
     let rss_first = measure::rss_mib(p.id());
     let _ = started;
+    if a.first_sync_only {
+        println!(
+            "first sync {:.3} s, full sync {cold_full:.3} s, RSS {rss_first:.1} MiB; kept {}",
+            first.as_secs_f64(),
+            root.display()
+        );
+        stop(p);
+        return;
+    }
     println!("manifests: {:.1} MiB in {} files", bytes as f64 / 1048576.0, size.div_ceil(100));
     println!("first sync complete after start:  {:>8.3} s", first.as_secs_f64());
     println!("full sync, empty kernel (metric):  {:>8.3} s", cold_full);

@@ -75,8 +75,8 @@ enum Outcome {
     Gone,
     /// Nothing to change: same content, unreadable, unparseable or not yet believed empty.
     Keep,
-    /// The file's objects are now these.
-    Objects(Vec<crate::model::Object>),
+    /// New content, to be parsed (the file's objects become what it holds).
+    Parse(PathBuf, Vec<u8>),
 }
 
 /// The manifest directory's files and objects.
@@ -184,22 +184,34 @@ impl DirReader {
 
     fn read(&mut self, names: BTreeSet<OsString>, now: Instant) -> Vec<Change> {
         let mut affected: BTreeSet<ObjectKey> = BTreeSet::new();
+        let mut to_parse = Vec::new();
         for name in names {
             let Some(format) = format_of(&name) else { continue };
-            match self.read_one(&name, format, now) {
+            match self.read_one(&name, now) {
                 Outcome::Gone => {
                     self.files.remove(&name);
                     self.due.remove(&name);
                     self.store.remove_file(&name, &mut affected);
                 }
                 Outcome::Keep => {}
-                Outcome::Objects(objects) => self.store.set_file(&name, objects, &mut affected),
+                Outcome::Parse(path, bytes) => to_parse.push((name, path, format, bytes)),
+            }
+        }
+        for (name, result) in parse_all(to_parse) {
+            match result {
+                Ok(parsed) => {
+                    for problem in &parsed.problems {
+                        tracing::warn!("{}; skipped", report(problem));
+                    }
+                    self.store.set_file(&name, parsed.objects, &mut affected);
+                }
+                Err(e) => tracing::warn!("{}; the file's previous objects are kept", report(&e)),
             }
         }
         self.store.changes(affected)
     }
 
-    fn read_one(&mut self, name: &OsString, format: Format, now: Instant) -> Outcome {
+    fn read_one(&mut self, name: &OsString, now: Instant) -> Outcome {
         let path = self.dir.join(name);
         let (fingerprint, bytes) = match read_file(&path) {
             Ok(Some(read)) => read,
@@ -243,19 +255,34 @@ impl DirReader {
         tracked.empty_since = None;
         tracked.fingerprint = Some(fingerprint);
         tracked.content = Some(content);
-        match parse(&path, format, &bytes) {
-            Ok(parsed) => {
-                for problem in &parsed.problems {
-                    tracing::warn!("{}; skipped", report(problem));
-                }
-                Outcome::Objects(parsed.objects)
-            }
-            Err(e) => {
-                tracing::warn!("{}; the file's previous objects are kept", report(&e));
-                Outcome::Keep
-            }
-        }
+        Outcome::Parse(path, bytes)
     }
+}
+
+/// Parse files, on every CPU when there are many (the first read of a big directory is dominated by YAML
+/// parsing), in the given order.
+fn parse_all(
+    files: Vec<(OsString, PathBuf, Format, Vec<u8>)>,
+) -> Vec<(OsString, Result<super::parse::Parsed, ManifestError>)> {
+    let parse_one = |(name, path, format, bytes): (OsString, PathBuf, Format, Vec<u8>)| {
+        let result = parse(&path, format, &bytes);
+        (name, result)
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len());
+    if workers <= 1 {
+        return files.into_iter().map(parse_one).collect();
+    }
+    let chunk = files.len().div_ceil(workers);
+    let mut chunks: Vec<Vec<_>> = Vec::new();
+    let mut files = files.into_iter().peekable();
+    while files.peek().is_some() {
+        chunks.push(files.by_ref().take(chunk).collect());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            chunks.into_iter().map(|c| scope.spawn(move || c.into_iter().map(parse_one).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("parsing does not panic")).collect()
+    })
 }
 
 /// The fingerprint and content of a regular file; `None` if there is no regular file at `path`. The fingerprint is
