@@ -160,6 +160,8 @@ fn run(size: usize, a: &Args) {
     let rss_first = measure::rss_mib(p.id());
     let _ = started;
     if a.first_sync_only {
+        std::thread::sleep(Duration::from_secs(3));
+        println!("RSS 3 s later: {:.1} MiB", measure::rss_mib(p.id()));
         println!(
             "first sync {:.3} s, full sync {cold_full:.3} s, RSS {rss_first:.1} MiB; kept {}",
             first.as_secs_f64(),

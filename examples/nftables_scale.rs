@@ -115,7 +115,7 @@ fn main() {
     let desired = state(ports.clone());
 
     let start = Instant::now();
-    let (full, mut applied) = plan::full(&config, &desired, node_ips.clone());
+    let (full, mut applied) = plan::full_transaction(&config, &desired, node_ips.clone());
     let plan_time = start.elapsed();
     // One change: service 0's endpoints move (within its index block: map elements only).
     let mut changed = ports.clone();

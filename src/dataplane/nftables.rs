@@ -85,25 +85,28 @@ impl Dataplane for NftablesDataplane {
             let nodeport_ips = self.nodeport_ips(family, &desired.node);
             let table = &mut self.tables[i];
             let ports = desired.family(family);
-            let tx = match &mut table.applied {
+            let result = match &mut table.applied {
                 Some(applied) if !full && applied.config == config => {
                     let tx = plan::partial(applied, ports, changes.ports(family), nodeport_ips);
-                    if !tx.is_empty() && kind == SyncKind::Nothing {
+                    if tx.is_empty() {
+                        continue;
+                    }
+                    if kind == SyncKind::Nothing {
                         kind = SyncKind::Partial;
                     }
-                    tx
+                    self.transport.apply(&tx)
                 }
                 _ => {
-                    let (tx, applied) = plan::full(&config, ports, nodeport_ips);
-                    table.applied = Some(applied);
                     kind = SyncKind::Full;
-                    tx
+                    let mut applied = None;
+                    let result = self.transport.apply_streamed(table.family, ruleset::TABLE, &mut |emit| {
+                        applied = Some(plan::full(&config, ports, nodeport_ips.clone(), emit));
+                    });
+                    table.applied = applied;
+                    result
                 }
             };
-            if tx.is_empty() {
-                continue;
-            }
-            if let Err(e) = self.transport.apply(&tx) {
+            if let Err(e) = result {
                 table.applied = None;
                 return Err(DataplaneError::Apply {
                     what: format!("{family:?} nftables transaction"),

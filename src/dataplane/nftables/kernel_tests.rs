@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::ir::{Family, Transaction};
 use super::netlink::NetlinkTransport;
-use super::plan::{full, partial};
+use super::plan::{full_transaction, partial};
 use super::ruleset::{FamilyConfig, LocalTraffic, NodePortAddresses};
 use super::transport::{NftCommand, Transport};
 use crate::core::{EndpointAddr, FamilyState, PortEndpoint, ServicePort, ServicePortName};
@@ -169,7 +169,7 @@ fn node_ip(family: IpFamily) -> std::net::IpAddr {
 /// in place (partial syncs), a node IP change, then every service going away.
 pub(super) fn life(cfg: &FamilyConfig, family: IpFamily) -> Vec<Transaction> {
     let shapes = every_shape(family);
-    let (tx, mut applied) = full(cfg, &state(&shapes), vec![node_ip(family)]);
+    let (tx, mut applied) = full_transaction(cfg, &state(&shapes), vec![node_ip(family)]);
     let mut txs = vec![tx];
     let names: BTreeSet<ServicePortName> = shapes.iter().map(|p| p.name.clone()).collect();
     for shift in 1..shapes.len() {

@@ -62,6 +62,15 @@ impl NetlinkTransport {
 
     /// Send a batch made by [`NetlinkTransport::encode`] from `tx`, and find out whether the kernel took it.
     pub fn send(&mut self, tx: &Transaction, batch: &Batch) -> Result<(), TransportError> {
+        self.send_described(batch, &|origin, element| describe(tx, origin, element))
+    }
+
+    /// Send a batch; a failure is described by `describe` (given the failing message's origin and element).
+    fn send_described(
+        &mut self,
+        batch: &Batch,
+        describe: &dyn Fn(Option<&Origin>, Option<usize>) -> String,
+    ) -> Result<(), TransportError> {
         let io = |what: &str, e: io::Error| TransportError::Io(format!("netlink {what}: {e}"));
         self.socket.send(&batch.bytes).map_err(|e| io("send", e))?;
         let mut failures: Vec<(u32, ErrorReport)> = Vec::new();
@@ -120,8 +129,7 @@ impl NetlinkTransport {
         failures.sort_by_key(|(seq, _)| seq.wrapping_sub(batch.first_seq));
         let (seq, e) = &failures[0];
         let element = e.offset.and_then(|offset| batch.element_at(*seq, offset));
-        let mut text =
-            format!("{}: {}", describe(tx, batch.origin(*seq), element), io::Error::from_raw_os_error(e.errno));
+        let mut text = format!("{}: {}", describe(batch.origin(*seq), element), io::Error::from_raw_os_error(e.errno));
         if let Some(msg) = &e.text {
             text.push_str(&format!(" ({msg})"));
         }
@@ -129,6 +137,23 @@ impl NetlinkTransport {
             text.push_str(&format!(" (and {} more failing messages)", failures.len() - 1));
         }
         Err(TransportError::Rejected(text))
+    }
+}
+
+/// What an operation is about, briefly: its verb and object.
+fn op_summary(op: &Op) -> String {
+    match op {
+        Op::AddTable => "add table".into(),
+        Op::DeleteTable => "delete table".into(),
+        Op::RemoveOtherTable(t) => format!("remove table {t} from"),
+        Op::AddChain { name, .. } => format!("add chain {name} to"),
+        Op::FlushChain(name) => format!("flush chain {name} of"),
+        Op::DeleteChain(name) => format!("delete chain {name} of"),
+        Op::AddSet(set) => format!("add set {} to", set.name),
+        Op::DeleteSet(name) => format!("delete set {name} of"),
+        Op::AddElements { set, elements } => format!("add {} elements to set {set} of", elements.len()),
+        Op::DeleteElements { set, keys } => format!("delete {} elements from set {set} of", keys.len()),
+        Op::AddRule { chain, .. } => format!("add a rule to chain {chain} of"),
     }
 }
 
@@ -166,6 +191,36 @@ impl Transport for NetlinkTransport {
     fn apply(&mut self, tx: &Transaction) -> Result<(), TransportError> {
         let batch = self.encode(tx)?;
         self.send(tx, &batch)
+    }
+
+    fn apply_streamed(
+        &mut self,
+        family: Family,
+        table: &str,
+        produce: &mut dyn FnMut(&mut dyn FnMut(Op)),
+    ) -> Result<(), TransportError> {
+        let first = self.next_seq();
+        let mut encoder = objects::Encoder::new(family, table, first);
+        let mut failed: Option<String> = None;
+        // Each operation is described by its kind and object only, so nothing of it outlives its encoding.
+        let mut kinds: Vec<String> = Vec::new();
+        produce(&mut |op| {
+            if failed.is_none() {
+                if let Err(e) = encoder.push(&op) {
+                    failed = Some(e.to_string());
+                }
+                kinds.push(op_summary(&op));
+            }
+        });
+        if let Some(e) = failed {
+            return Err(TransportError::Encode(e));
+        }
+        let batch = encoder.finish();
+        self.seq = batch.seqs().end;
+        self.send_described(&batch, &|origin, _| match origin {
+            Some(o) => format!("{} {table} ({} of the full sync)", kinds[o.op], o.op + 1),
+            None => "the batch".into(),
+        })
     }
 
     fn table_exists(&mut self, family: Family, table: &str) -> Result<bool, TransportError> {

@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::ir::*;
-use super::ruleset::{BlockAllocator, FamilyConfig, NODEPORT_IPS, PortObjects, SetName, TABLE, UPSTREAM_TABLE};
+use super::ruleset::{
+    BlockAllocator, BlockOwner, FamilyConfig, NODEPORT_IPS, PortObjects, SetName, Shared, TABLE, UPSTREAM_TABLE,
+};
 use crate::core::{FamilyState, ServicePort, ServicePortName};
 
 /// A block of indexes in the shared endpoint maps, sized to a power of two so small changes fit in place.
@@ -42,22 +44,25 @@ impl IndexAllocator {
     }
 }
 
+/// The index blocks of a port's two dispatch chains (cluster, local).
+type Blocks = [Option<Block>; 2];
+
 /// Replays the blocks a port had when it was applied, or assigns new ones.
 struct PortBlocks<'a> {
-    old: &'a BTreeMap<String, Block>,
-    new: BTreeMap<String, Block>,
+    old: Blocks,
+    new: Blocks,
     alloc: Option<&'a mut IndexAllocator>,
 }
 
 impl BlockAllocator for PortBlocks<'_> {
-    fn block(&mut self, chain: &str, n: u32) -> u32 {
-        let block = match (self.old.get(chain), &mut self.alloc) {
-            (Some(b), _) if b.capacity >= n => *b,
+    fn block(&mut self, owner: BlockOwner, n: u32) -> u32 {
+        let block = match (self.old[owner as usize], &mut self.alloc) {
+            (Some(b), _) if b.capacity >= n => b,
             (_, Some(alloc)) => alloc.alloc(n.next_power_of_two()),
-            (None, None) => unreachable!("replaying a port that had no block for {chain}"),
-            (Some(b), None) => *b,
+            (None, None) => unreachable!("replaying a port that had no block for {owner:?}"),
+            (Some(b), None) => b,
         };
-        self.new.insert(chain.to_string(), block);
+        self.new[owner as usize] = Some(block);
         block.offset
     }
 }
@@ -65,7 +70,7 @@ impl BlockAllocator for PortBlocks<'_> {
 #[derive(Debug)]
 struct AppliedPort {
     port: Arc<ServicePort>,
-    blocks: BTreeMap<String, Block>,
+    blocks: Blocks,
 }
 
 /// What the kernel holds for one family's table, as far as we know.
@@ -73,7 +78,7 @@ struct AppliedPort {
 pub struct Applied {
     pub config: FamilyConfig,
     ports: HashMap<ServicePortName, AppliedPort>,
-    shared: HashMap<(&'static str, Element), u32>,
+    shared: HashMap<Shared, u32>,
     /// Endpoint maps that exist (they are made when first used and live as long as the table).
     maps: BTreeSet<String>,
     nodeport_ips: Vec<IpAddr>,
@@ -102,56 +107,77 @@ fn render(config: &FamilyConfig, port: &ServicePort, blocks: &mut PortBlocks) ->
 }
 
 /// Replace the whole table atomically: there is no moment without rules, and conntrack entries of established
-/// connections are untouched.
-pub fn full(config: &FamilyConfig, desired: &FamilyState, nodeport_ips: Vec<IpAddr>) -> (Transaction, Applied) {
-    let mut tx = Transaction::new(config.family, TABLE);
+/// connections are untouched. The operations are handed to `emit` one service port at a time and never held
+/// together: at 10,000 services they would be the largest thing the proxy allocates.
+pub fn full(
+    config: &FamilyConfig,
+    desired: &FamilyState,
+    nodeport_ips: Vec<IpAddr>,
+    emit: &mut dyn FnMut(Op),
+) -> Applied {
     // Upstream's table goes in the same transaction that installs ours: no moment with both or neither.
-    tx.ops.push(Op::RemoveOtherTable(UPSTREAM_TABLE.into()));
-    tx.ops.extend([Op::AddTable, Op::DeleteTable, Op::AddTable]);
-    tx.ops.extend(config.skeleton());
+    emit(Op::RemoveOtherTable(UPSTREAM_TABLE.into()));
+    for op in [Op::AddTable, Op::DeleteTable, Op::AddTable].into_iter().chain(config.skeleton()) {
+        emit(op);
+    }
+    if !nodeport_ips.is_empty() {
+        emit(Op::AddElements { set: NODEPORT_IPS.into(), elements: config.nodeport_ip_elements(&nodeport_ips) });
+    }
     let mut applied = Applied {
         config: config.clone(),
         ports: HashMap::with_capacity(desired.ports.len()),
         shared: HashMap::new(),
         maps: BTreeSet::new(),
-        nodeport_ips: Vec::new(),
+        nodeport_ips,
         alloc: IndexAllocator::default(),
     };
-    let (mut sets, mut chains, mut rules, mut elements) = (Vec::new(), Vec::new(), Vec::new(), ElementOps::default());
     let mut names: Vec<&ServicePortName> = desired.ports.keys().collect();
     names.sort();
-    let empty = BTreeMap::new();
     for name in names {
         let port = &desired.ports[name];
-        let mut blocks = PortBlocks { old: &empty, new: BTreeMap::new(), alloc: Some(&mut applied.alloc) };
+        let mut blocks = PortBlocks { old: [None; 2], new: [None; 2], alloc: Some(&mut applied.alloc) };
         let objects = render(config, port, &mut blocks);
         let blocks = blocks.new;
-        sets.extend(objects.maps.into_iter().filter(|m| applied.maps.insert(m.name.clone())).map(Op::AddSet));
-        sets.extend(objects.sets.into_iter().map(Op::AddSet));
-        for (chain, chain_rules) in objects.chains {
-            chains.push(Op::AddChain { name: chain.clone(), base: None });
-            rules.extend(chain_rules.into_iter().map(|rule| Op::AddRule { chain: chain.clone(), rule }));
+        for map in objects.maps {
+            if applied.maps.insert(map.name.clone()) {
+                emit(Op::AddSet(map));
+            }
         }
+        objects.sets.into_iter().for_each(|set| emit(Op::AddSet(set)));
+        for (chain, _) in &objects.chains {
+            emit(Op::AddChain { name: chain.clone(), base: None });
+        }
+        for (chain, rules) in objects.chains {
+            for rule in rules {
+                emit(Op::AddRule { chain: chain.clone(), rule });
+            }
+        }
+        let mut elements = ElementOps::default();
         for (set, element) in objects.elements {
             elements.add.entry(set).or_default().push(element);
         }
         for shared in objects.shared {
-            let count = applied.shared.entry(shared.clone()).or_insert(0);
+            let count = applied.shared.entry(shared).or_insert(0);
             *count += 1;
             if *count == 1 {
-                elements.add.entry(shared.0.into()).or_default().push(shared.1);
+                let (set, element) = shared.element();
+                elements.add.entry(set.into()).or_default().push(element);
             }
         }
+        elements.into_ops().1.into_iter().for_each(&mut *emit);
         applied.ports.insert(name.clone(), AppliedPort { port: port.clone(), blocks });
     }
-    if !nodeport_ips.is_empty() {
-        elements.add.insert(NODEPORT_IPS.into(), config.nodeport_ip_elements(&nodeport_ips));
-    }
-    applied.nodeport_ips = nodeport_ips;
-    tx.ops.extend(sets);
-    tx.ops.extend(chains);
-    tx.ops.extend(rules);
-    tx.ops.extend(elements.into_ops().1);
+    applied
+}
+
+/// [`full`], collected into one transaction (for tests and the `nft -f` transport).
+pub fn full_transaction(
+    config: &FamilyConfig,
+    desired: &FamilyState,
+    nodeport_ips: Vec<IpAddr>,
+) -> (Transaction, Applied) {
+    let mut tx = Transaction::new(config.family, TABLE);
+    let applied = full(config, desired, nodeport_ips, &mut |op| tx.ops.push(op));
     (tx, applied)
 }
 
@@ -189,20 +215,20 @@ pub fn partial(
             applied.ports.insert(name.clone(), old.unwrap());
             continue;
         }
-        let no_blocks = BTreeMap::new();
         let old_objects = old.as_ref().map(|o| {
-            let mut replay = PortBlocks { old: &o.blocks, new: BTreeMap::new(), alloc: None };
+            let mut replay = PortBlocks { old: o.blocks, new: [None; 2], alloc: None };
             render(&config, &o.port, &mut replay)
         });
         let new_objects = new.map(|n| {
-            let old_blocks = old.as_ref().map_or(&no_blocks, |o| &o.blocks);
-            let mut blocks = PortBlocks { old: old_blocks, new: BTreeMap::new(), alloc: Some(&mut applied.alloc) };
+            let old_blocks = old.as_ref().map_or([None; 2], |o| o.blocks);
+            let mut blocks = PortBlocks { old: old_blocks, new: [None; 2], alloc: Some(&mut applied.alloc) };
             let objects = render(&config, n, &mut blocks);
             (objects, blocks.new)
         });
         if let Some(o) = &old {
-            let kept: Vec<&Block> = new_objects.as_ref().map(|(_, b)| b.values().collect()).unwrap_or_default();
-            released.extend(o.blocks.values().filter(|b| !kept.contains(b)).copied());
+            let kept: Vec<Block> =
+                new_objects.as_ref().map(|(_, b)| b.iter().flatten().copied().collect()).unwrap_or_default();
+            released.extend(o.blocks.iter().flatten().filter(|b| !kept.contains(b)).copied());
         }
         let (mut new_objects, new_blocks) = match new_objects {
             Some((objects, blocks)) => (objects, Some(blocks)),
@@ -251,7 +277,7 @@ pub fn partial(
     tx
 }
 
-fn diff_port(ph: &mut Phases, shared: &mut HashMap<(&'static str, Element), u32>, old: PortObjects, new: PortObjects) {
+fn diff_port(ph: &mut Phases, shared: &mut HashMap<Shared, u32>, old: PortObjects, new: PortObjects) {
     // Sets: a set whose definition changed is deleted and re-added, so every chain using it is rewritten.
     let old_sets: HashMap<&str, &SetDef> = old.sets.iter().map(|s| (s.name.as_str(), s)).collect();
     let new_sets: HashMap<&str, &SetDef> = new.sets.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -315,10 +341,11 @@ fn diff_port(ph: &mut Phases, shared: &mut HashMap<(&'static str, Element), u32>
 
     // Shared elements: reference-counted across ports.
     for item in new.shared {
-        let count = shared.entry(item.clone()).or_insert(0);
+        let count = shared.entry(item).or_insert(0);
         *count += 1;
         if *count == 1 {
-            ph.elements.add.entry(item.0.into()).or_default().push(item.1);
+            let (set, element) = item.element();
+            ph.elements.add.entry(set.into()).or_default().push(element);
         }
     }
     for item in old.shared {
@@ -326,7 +353,8 @@ fn diff_port(ph: &mut Phases, shared: &mut HashMap<(&'static str, Element), u32>
         *count -= 1;
         if *count == 0 {
             shared.remove(&item);
-            ph.elements.delete.entry(item.0.into()).or_default().push(item.1.key);
+            let (set, element) = item.element();
+            ph.elements.delete.entry(set.into()).or_default().push(element.key);
         }
     }
 }

@@ -72,7 +72,7 @@ fn lines(tx: &Transaction) -> Vec<String> {
 fn full_sync_replaces_the_table_atomically_and_contains_each_service() {
     let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
     let b = port("b", "10.96.0.2", &[]);
-    let (tx, _) = full(&config(), &state(&[a, b]), vec!["192.168.50.1".parse().unwrap()]);
+    let (tx, _) = full_transaction(&config(), &state(&[a, b]), vec!["192.168.50.1".parse().unwrap()]);
     let l = lines(&tx);
     assert_eq!(
         &l[..5],
@@ -104,7 +104,7 @@ fn full_sync_replaces_the_table_atomically_and_contains_each_service() {
 #[test]
 fn endpoint_change_within_capacity_only_rewrites_map_elements() {
     let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
-    let (_, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let (_, mut applied) = full_transaction(&config(), &state(std::slice::from_ref(&a)), vec![]);
     let a2 = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.7"]);
     let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
     assert_eq!(
@@ -121,7 +121,7 @@ fn endpoint_change_within_capacity_only_rewrites_map_elements() {
 #[test]
 fn growing_past_capacity_moves_to_a_new_block_and_rewrites_the_chain() {
     let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
-    let (_, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let (_, mut applied) = full_transaction(&config(), &state(std::slice::from_ref(&a)), vec![]);
     let a2 = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6", "10.244.0.7"]);
     let tx = partial(&mut applied, &state(std::slice::from_ref(&a2)), &changed(&[&a2]), vec![]);
     let l = lines(&tx);
@@ -145,7 +145,7 @@ fn growing_past_capacity_moves_to_a_new_block_and_rewrites_the_chain() {
 #[test]
 fn removing_a_service_deletes_its_chain_after_its_elements() {
     let a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
-    let (_, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let (_, mut applied) = full_transaction(&config(), &state(std::slice::from_ref(&a)), vec![]);
     let tx = partial(&mut applied, &state(&[]), &changed(&[&a]), vec![]);
     let l = lines(&tx);
     assert_eq!(l.first().unwrap(), "flush chain ip kube-proxy-rs svc-ns/a/tcp/http");
@@ -161,7 +161,7 @@ fn shared_elements_stay_while_another_port_uses_them() {
     a_dns.name.port = "dns".into();
     a_dns.port = 53;
     a.name.port = "http".into();
-    let (_, mut applied) = full(&config(), &state(&[a.clone(), a_dns.clone()]), vec![]);
+    let (_, mut applied) = full_transaction(&config(), &state(&[a.clone(), a_dns.clone()]), vec![]);
     let tx = partial(&mut applied, &state(std::slice::from_ref(&a)), &changed(&[&a_dns]), vec![]);
     let script = text::script(&tx);
     assert!(!script.contains("cluster-ips"), "the cluster IP is still used by the http port: {script}");
@@ -172,14 +172,14 @@ fn shared_elements_stay_while_another_port_uses_them() {
 fn unchanged_ports_produce_an_empty_transaction() {
     let a = port("a", "10.96.0.1", &["10.244.0.5"]);
     let st = state(std::slice::from_ref(&a));
-    let (_, mut applied) = full(&config(), &st, vec![]);
+    let (_, mut applied) = full_transaction(&config(), &st, vec![]);
     let same = state(std::slice::from_ref(&a));
     assert!(partial(&mut applied, &same, &changed(&[&a]), vec![]).is_empty());
 }
 
 #[test]
 fn node_port_address_changes_are_element_updates() {
-    let (_, mut applied) = full(&config(), &state(&[]), vec!["192.168.50.1".parse().unwrap()]);
+    let (_, mut applied) = full_transaction(&config(), &state(&[]), vec!["192.168.50.1".parse().unwrap()]);
     let tx = partial(&mut applied, &state(&[]), &BTreeSet::new(), vec!["192.168.50.9".parse().unwrap()]);
     assert_eq!(
         lines(&tx),
@@ -194,7 +194,7 @@ fn node_port_address_changes_are_element_updates() {
 fn affinity_timeout_change_recreates_sets_and_rewrites_chains_using_them() {
     let mut a = port("a", "10.96.0.1", &["10.244.0.5", "10.244.0.6"]);
     a.session_affinity_timeout = Some(100);
-    let (tx, mut applied) = full(&config(), &state(std::slice::from_ref(&a)), vec![]);
+    let (tx, mut applied) = full_transaction(&config(), &state(std::slice::from_ref(&a)), vec![]);
     let script = text::script(&tx);
     assert!(script.contains("add set ip kube-proxy-rs affinity-ns/a/tcp/http/10.244.0.5/8080 { type ipv4_addr ; flags dynamic,timeout ; timeout 100s ; }"), "{script}");
     assert!(script.contains("add rule ip kube-proxy-rs svc-ns/a/tcp/http ip saddr @affinity-ns/a/tcp/http/10.244.0.5/8080 goto ep-ns/a/tcp/http/10.244.0.5/8080"), "{script}");
@@ -222,7 +222,7 @@ fn source_ranges_return_to_the_base_chain_and_everything_else_is_dropped() {
     a.load_balancer_source_ranges = vec!["192.0.2.0/24".parse().unwrap(), "203.0.113.0/25".parse().unwrap()];
     let mut cfg = config();
     cfg.node_ips = vec!["192.0.2.7".parse().unwrap()];
-    let (tx, _) = full(&cfg, &state(&[a]), vec![]);
+    let (tx, _) = full_transaction(&cfg, &state(&[a]), vec![]);
     let firewall: Vec<String> =
         lines(&tx).into_iter().filter(|l| l.starts_with("add rule ip kube-proxy-rs firewall-ns/a/tcp/http ")).collect();
     assert_eq!(
@@ -250,7 +250,7 @@ fn endpoint_maps_are_split_per_span_of_indexes_and_made_when_first_needed() {
     let ten: Vec<&str> = ten.iter().map(String::as_str).collect();
     // Blocks of 16 indexes: 32 ports per map of 512 indexes.
     let ports: Vec<ServicePort> = (0..64).map(|i| port(&format!("p{i:02}"), &format!("10.96.1.{i}"), &ten)).collect();
-    let (tx, mut applied) = full(&config(), &state(&ports), vec![]);
+    let (tx, mut applied) = full_transaction(&config(), &state(&ports), vec![]);
     let script = text::script(&tx);
     for map in ["endpoints-tcp-0", "endpoints-tcp-1"] {
         let declaration =

@@ -106,12 +106,41 @@ pub struct PortObjects {
     /// Elements (of the skeleton's maps, and of endpoint maps) whose keys belong to this port alone.
     pub elements: Vec<(SetName, Element)>,
     /// Elements other ports may contribute too (a cluster IP, a hairpin pair): reference-counted.
-    pub shared: Vec<(&'static str, Element)>,
+    pub shared: Vec<Shared>,
 }
 
-/// Allocates a block of indexes in the shared endpoint maps for a chain of `n` endpoints.
+/// An element several service ports may need: it exists while any of them does. Kept as the address alone, so
+/// the reference counts of 100k endpoints stay small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Shared {
+    /// A cluster IP, in `cluster-ips`.
+    ClusterIp(IpAddr),
+    /// An endpoint's (address . address) pair, in `hairpin`.
+    Hairpin(IpAddr),
+}
+
+impl Shared {
+    /// The set and element this stands for.
+    pub fn element(self) -> (&'static str, Element) {
+        match self {
+            Shared::ClusterIp(ip) => (CLUSTER_IPS, Element { key: vec![Value::Addr(ip)], data: None }),
+            Shared::Hairpin(ip) => (HAIRPIN, Element { key: vec![Value::Addr(ip), Value::Addr(ip)], data: None }),
+        }
+    }
+}
+
+/// Which of a port's dispatch chains an index block belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOwner {
+    /// The chain over the cluster endpoints (`svc-…`).
+    Cluster = 0,
+    /// The chain over the local endpoints (`local-…`).
+    Local = 1,
+}
+
+/// Allocates a block of indexes in the shared endpoint maps for a dispatch chain of `n` endpoints.
 pub trait BlockAllocator {
-    fn block(&mut self, chain: &str, n: u32) -> u32;
+    fn block(&mut self, owner: BlockOwner, n: u32) -> u32;
 }
 
 impl FamilyConfig {
@@ -284,21 +313,18 @@ impl FamilyConfig {
         let cluster_ok = p.uses_cluster_endpoints() && !p.cluster_endpoints.is_empty();
         let local_ok = p.uses_local_endpoints() && !p.local_endpoints.is_empty();
         if cluster_ok {
-            self.dispatch_chain(&mut out, &id, &svc_chain, p, &p.cluster_endpoints, blocks);
+            self.dispatch_chain(&mut out, &id, (&svc_chain, BlockOwner::Cluster), p, &p.cluster_endpoints, blocks);
         }
         if local_ok {
-            self.dispatch_chain(&mut out, &id, &local_chain, p, &p.local_endpoints, blocks);
+            self.dispatch_chain(&mut out, &id, (&local_chain, BlockOwner::Local), p, &p.local_endpoints, blocks);
         }
         if p.session_affinity_timeout.is_some() {
             for ep in p.reachable_endpoints() {
                 self.endpoint_chain(&mut out, &id, p, ep);
             }
         }
-        for ep in p.reachable_endpoints() {
-            out.shared.push((HAIRPIN, elem(vec![Value::Addr(ep.ip), Value::Addr(ep.ip)], None)));
-        }
-
-        out.shared.push((CLUSTER_IPS, elem(vec![Value::Addr(p.cluster_ip)], None)));
+        out.shared.extend(p.reachable_endpoints().iter().map(|ep| Shared::Hairpin(ep.ip)));
+        out.shared.push(Shared::ClusterIp(p.cluster_ip));
         let cluster_key = vec![Value::Addr(p.cluster_ip), proto.clone(), port.clone()];
         let internal =
             if p.internal_policy_local { local_ok.then_some(&local_chain) } else { cluster_ok.then_some(&svc_chain) };
@@ -406,7 +432,7 @@ impl FamilyConfig {
         &self,
         out: &mut PortObjects,
         id: &str,
-        chain: &str,
+        (chain, owner): (&str, BlockOwner),
         p: &ServicePort,
         endpoints: &[EndpointAddr],
         blocks: &mut dyn BlockAllocator,
@@ -420,7 +446,7 @@ impl FamilyConfig {
                     Stmt::Verdict(Verdict::Goto(endpoint_chain(id, ep))),
                 ]);
             }
-            let offset = blocks.block(chain, n);
+            let offset = blocks.block(owner, n);
             let map = endpoint_chains_map(offset);
             out.maps.push(SetDef {
                 name: map.clone(),
@@ -441,7 +467,7 @@ impl FamilyConfig {
         } else if n == 1 {
             rules.push(vec![Stmt::Dnat { protocol: p.protocol(), addr: endpoints[0].ip, port: endpoints[0].port }]);
         } else {
-            let offset = blocks.block(chain, n);
+            let offset = blocks.block(owner, n);
             let map = endpoints_map(p.protocol(), offset);
             out.maps.push(SetDef {
                 name: map.clone(),

@@ -29,6 +29,20 @@ pub trait Transport: Send {
     /// Apply one transaction atomically.
     fn apply(&mut self, tx: &Transaction) -> Result<(), TransportError>;
 
+    /// Apply one transaction atomically whose operations `produce` hands over one at a time (full syncs: at
+    /// scale the operations are never all in memory at once with a transport that can stream them). By default
+    /// they are collected and applied as one `Transaction`.
+    fn apply_streamed(
+        &mut self,
+        family: Family,
+        table: &str,
+        produce: &mut dyn FnMut(&mut dyn FnMut(super::ir::Op)),
+    ) -> Result<(), TransportError> {
+        let mut tx = Transaction::new(family, table);
+        produce(&mut |op| tx.ops.push(op));
+        self.apply(&tx)
+    }
+
     /// Whether our table exists (the cheap check for changes made behind our back).
     fn table_exists(&mut self, family: Family, table: &str) -> Result<bool, TransportError>;
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use super::super::ir::{BaseChain, ChainType, ElemData, Element, Hook, Op, Transaction, Value};
+use super::super::ir::{BaseChain, ChainType, ElemData, Element, Family, Hook, Op, Transaction, Value};
 use super::EncodeError;
 use super::attr::Writer;
 use super::expr::{Ctx, nfproto, put_verdict};
@@ -97,35 +97,60 @@ fn nested(b: &[u8], base: usize) -> Vec<(u16, usize, &[u8])> {
     out
 }
 
-struct Encoder<'a> {
+/// Encodes operations one by one into one batch (so a full sync never holds all its operations at once).
+pub struct Encoder {
     w: Writer,
-    tx: &'a Transaction,
+    family: Family,
+    table: String,
+    first_seq: u32,
     seq: u32,
+    ops: usize,
     origins: Vec<Origin>,
     set_ids: HashMap<String, u32>,
 }
 
 /// Encode `tx` as one batch whose sequence numbers start at `first_seq`.
 pub fn encode(tx: &Transaction, first_seq: u32) -> Result<Batch, EncodeError> {
-    let mut e = Encoder {
-        w: Writer::with_capacity(4096),
-        tx,
-        seq: first_seq,
-        origins: Vec::with_capacity(tx.ops.len() + 2),
-        set_ids: HashMap::new(),
-    };
-    let m = e.w.begin_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, e.seq, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES);
-    e.w.end_msg(m);
-    for (i, op) in tx.ops.iter().enumerate() {
-        e.op(i, op)?;
+    let mut e = Encoder::new(tx.family, &tx.table, first_seq);
+    for op in &tx.ops {
+        e.push(op)?;
     }
-    let end_seq = e.next_seq();
-    let m = e.w.begin_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES);
-    e.w.end_msg(m);
-    Ok(Batch { bytes: e.w.into_bytes(), first_seq, origins: e.origins })
+    Ok(e.finish())
 }
 
-impl Encoder<'_> {
+impl Encoder {
+    /// Start a batch (BATCH_BEGIN) for `table` of `family`.
+    pub fn new(family: Family, table: &str, first_seq: u32) -> Encoder {
+        let mut e = Encoder {
+            w: Writer::with_capacity(4096),
+            family,
+            table: table.to_string(),
+            first_seq,
+            seq: first_seq,
+            ops: 0,
+            origins: Vec::new(),
+            set_ids: HashMap::new(),
+        };
+        let m = e.w.begin_msg(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, e.seq, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES);
+        e.w.end_msg(m);
+        e
+    }
+
+    /// Encode the next operation.
+    pub fn push(&mut self, op: &Op) -> Result<(), EncodeError> {
+        let i = self.ops;
+        self.ops += 1;
+        self.op(i, op)
+    }
+
+    /// End the batch (BATCH_END).
+    pub fn finish(mut self) -> Batch {
+        let end_seq = self.next_seq();
+        let m = self.w.begin_msg(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES);
+        self.w.end_msg(m);
+        Batch { bytes: self.w.into_bytes(), first_seq: self.first_seq, origins: self.origins }
+    }
+
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
@@ -134,7 +159,7 @@ impl Encoder<'_> {
     fn begin(&mut self, msg: u16, flags: u16, origin: Origin) -> super::attr::Mark {
         let seq = self.next_seq();
         self.origins.push(origin);
-        self.w.begin_msg(nft_type(msg), NLM_F_REQUEST | flags, seq, nfproto(self.tx.family), 0)
+        self.w.begin_msg(nft_type(msg), NLM_F_REQUEST | flags, seq, nfproto(self.family), 0)
     }
 
     fn simple(&mut self, op: usize, msg: u16, flags: u16, body: impl FnOnce(&mut Writer)) {
@@ -144,7 +169,7 @@ impl Encoder<'_> {
     }
 
     fn op(&mut self, i: usize, op: &Op) -> Result<(), EncodeError> {
-        let table = self.tx.table.clone();
+        let table = self.table.clone();
         let table = table.as_str();
         match op {
             // nft sends "add table" without NLM_F_CREATE (the kernel creates tables regardless) and with flags 0.
@@ -178,7 +203,7 @@ impl Encoder<'_> {
             }),
             Op::AddSet(def) => {
                 let id = self.set_ids.len() as u32 + 1;
-                let family = self.tx.family;
+                let family = self.family;
                 let mut result = Ok(());
                 self.simple(i, NFT_MSG_NEWSET, NLM_F_CREATE, |w| result = set_def(w, family, table, def, id));
                 result?;
@@ -193,7 +218,7 @@ impl Encoder<'_> {
                 self.w.put_str(NFTA_RULE_TABLE, table);
                 self.w.put_str(NFTA_RULE_CHAIN, chain);
                 let exprs = self.w.begin_nest(NFTA_RULE_EXPRESSIONS);
-                let ctx = Ctx { family: self.tx.family, set_ids: &self.set_ids };
+                let ctx = Ctx { family: self.family, set_ids: &self.set_ids };
                 for stmt in rule {
                     ctx.stmt(&mut self.w, stmt)?;
                 }
@@ -223,12 +248,12 @@ impl Encoder<'_> {
         set: &str,
         items: &[(&[Value], Option<&ElemData>)],
     ) -> Result<(), EncodeError> {
-        let family = self.tx.family;
+        let family = self.family;
         let set_id = if msg == NFT_MSG_NEWSETELEM { self.set_ids.get(set).copied() } else { None };
         let mut start = 0;
         while start < items.len() {
             let m = self.begin(msg, flags, Origin { op, elements: Some(start..items.len()) });
-            self.w.put_str(NFTA_SET_ELEM_LIST_TABLE, &self.tx.table);
+            self.w.put_str(NFTA_SET_ELEM_LIST_TABLE, &self.table);
             self.w.put_str(NFTA_SET_ELEM_LIST_SET, set);
             if let Some(id) = set_id {
                 self.w.put_be32(NFTA_SET_ELEM_LIST_SET_ID, id);
