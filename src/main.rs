@@ -26,6 +26,12 @@ use kube_proxy_rs::sources::kube::ConnectSettings;
 use kube_proxy_rs::sources::manifests::ManifestSource;
 use kube_proxy_rs::sources::{self, Source};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     if flags.version {
