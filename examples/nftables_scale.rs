@@ -53,8 +53,7 @@ fn service(i: u32, endpoints: u32, first_endpoint: u32) -> ServicePort {
                 serving: true,
                 terminating: false,
                 is_local: false,
-                zone_hints: vec![],
-                node_hints: vec![],
+                hints: None,
             })
             .collect(),
         has_any_endpoints: true,

@@ -11,7 +11,7 @@ pub mod fixtures;
 pub use convert::{ConvertError, Object, ObjectKey, ObjectKind};
 pub use node::Node;
 pub use service::{Protocol, Service, ServiceKey, ServicePortSpec, ServiceType};
-pub use slice::{Endpoint, EndpointSlice, SlicePort};
+pub use slice::{Endpoint, EndpointSlice, Hints, SlicePort};
 
 use std::net::IpAddr;
 

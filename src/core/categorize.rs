@@ -36,14 +36,14 @@ fn topology(endpoints: &[PortEndpoint], input: &TopologyInput) -> Topology {
     let (mut all_zone_hints, mut found_zone) = (true, false);
     for ep in endpoints.iter().filter(|e| e.ready) {
         any_ready = true;
-        if ep.node_hints.is_empty() {
+        if ep.node_hints().is_empty() {
             all_node_hints = false;
-        } else if ep.node_hints.iter().any(|n| n == input.node_name) {
+        } else if ep.node_hints().iter().any(|n| n == input.node_name) {
             found_node = true;
         }
-        if ep.zone_hints.is_empty() {
+        if ep.zone_hints().is_empty() {
             all_zone_hints = false;
-        } else if input.zone.is_some_and(|z| ep.zone_hints.iter().any(|h| h == z)) {
+        } else if input.zone.is_some_and(|z| ep.zone_hints().iter().any(|h| h == z)) {
             found_zone = true;
         }
     }
@@ -69,8 +69,8 @@ pub fn categorize(endpoints: &[PortEndpoint], input: &TopologyInput) -> Categori
         let topo = topology(endpoints, input);
         let in_topology = |ep: &PortEndpoint| match topo {
             Topology::All => true,
-            Topology::SameNode => ep.node_hints.iter().any(|n| n == input.node_name),
-            Topology::SameZone => input.zone.is_some_and(|z| ep.zone_hints.iter().any(|h| h == z)),
+            Topology::SameNode => ep.node_hints().iter().any(|n| n == input.node_name),
+            Topology::SameZone => input.zone.is_some_and(|z| ep.zone_hints().iter().any(|h| h == z)),
         };
         out.cluster = addrs(endpoints, |ep| ep.ready && in_topology(ep));
         if out.cluster.is_empty() {
@@ -104,9 +104,14 @@ mod tests {
             serving,
             terminating,
             is_local: local,
-            zone_hints: vec![],
-            node_hints: vec![],
+            hints: None,
         }
+    }
+
+    fn hint(ep: &mut PortEndpoint, f: impl FnOnce(&mut crate::model::Hints)) {
+        let mut h = ep.hints.as_deref().cloned().unwrap_or_default();
+        f(&mut h);
+        ep.hints = Some(std::sync::Arc::new(h));
     }
 
     fn ips(v: &[EndpointAddr]) -> Vec<String> {
@@ -175,9 +180,9 @@ mod tests {
     #[test]
     fn zone_hints_used_when_all_ready_endpoints_have_them_and_one_matches() {
         let mut a = ep(1, true, true, false, false);
-        a.zone_hints = vec!["zone-a".into()];
+        hint(&mut a, |h| h.zones = vec!["zone-a".into()]);
         let mut b = ep(2, true, true, false, false);
-        b.zone_hints = vec!["zone-b".into()];
+        hint(&mut b, |h| h.zones = vec!["zone-b".into()]);
         let c = categorize(&[a.clone(), b.clone()], &CLUSTER);
         assert_eq!(ips(&c.cluster), ["10.0.0.1"]);
 
@@ -197,7 +202,7 @@ mod tests {
     #[test]
     fn unready_endpoints_without_hints_do_not_disable_zone_hints() {
         let mut a = ep(1, true, true, false, false);
-        a.zone_hints = vec!["zone-a".into()];
+        hint(&mut a, |h| h.zones = vec!["zone-a".into()]);
         let terminating = ep(2, false, true, true, false);
         let c = categorize(&[a, terminating], &CLUSTER);
         assert_eq!(ips(&c.cluster), ["10.0.0.1"]);
@@ -206,16 +211,16 @@ mod tests {
     #[test]
     fn node_hints_take_precedence_over_zone_hints() {
         let mut a = ep(1, true, true, false, false);
-        a.zone_hints = vec!["zone-a".into()];
-        a.node_hints = vec!["node-b".into()];
+        hint(&mut a, |h| h.zones = vec!["zone-a".into()]);
+        hint(&mut a, |h| h.nodes = vec!["node-b".into()]);
         let mut b = ep(2, true, true, false, false);
-        b.zone_hints = vec!["zone-a".into()];
-        b.node_hints = vec!["node-a".into()];
+        hint(&mut b, |h| h.zones = vec!["zone-a".into()]);
+        hint(&mut b, |h| h.nodes = vec!["node-a".into()]);
         let c = categorize(&[a.clone(), b.clone()], &CLUSTER);
         assert_eq!(ips(&c.cluster), ["10.0.0.2"]);
 
         // Node hints that do not name this node: fall back to zone hints.
-        b.node_hints = vec!["node-c".into()];
+        hint(&mut b, |h| h.nodes = vec!["node-c".into()]);
         let c = categorize(&[a, b], &CLUSTER);
         assert_eq!(ips(&c.cluster), ["10.0.0.1", "10.0.0.2"]);
     }
@@ -223,9 +228,9 @@ mod tests {
     #[test]
     fn topology_does_not_apply_to_local_set() {
         let mut a = ep(1, true, true, false, true);
-        a.zone_hints = vec!["zone-b".into()];
+        hint(&mut a, |h| h.zones = vec!["zone-b".into()]);
         let mut b = ep(2, true, true, false, false);
-        b.zone_hints = vec!["zone-a".into()];
+        hint(&mut b, |h| h.zones = vec!["zone-a".into()]);
         let c = categorize(&[a, b], &BOTH);
         assert_eq!(ips(&c.cluster), ["10.0.0.2"]);
         assert_eq!(ips(&c.local), ["10.0.0.1"]);

@@ -3,7 +3,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::model::{IpFamily, Protocol, ServiceKey};
+use std::sync::Arc;
+
+use crate::model::{Hints, IpFamily, Protocol, ServiceKey};
 
 /// Identity of one port of one Service: upstream's ServicePortName (namespace/name:port, plus protocol).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,8 +50,18 @@ pub struct PortEndpoint {
     pub terminating: bool,
     /// The endpoint runs on this node.
     pub is_local: bool,
-    pub zone_hints: Vec<String>,
-    pub node_hints: Vec<String>,
+    /// Topology hints, shared with the EndpointSlice's endpoint.
+    pub hints: Option<Arc<Hints>>,
+}
+
+impl PortEndpoint {
+    pub fn zone_hints(&self) -> &[String] {
+        self.hints.as_ref().map_or(&[], |h| &h.zones)
+    }
+
+    pub fn node_hints(&self) -> &[String] {
+        self.hints.as_ref().map_or(&[], |h| &h.nodes)
+    }
 }
 
 /// Desired state of one service port in one IP family: everything a dataplane needs to program it.

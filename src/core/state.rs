@@ -114,7 +114,8 @@ pub struct ClusterState {
     node: Option<Arc<Node>>,
     interface_addresses: Vec<IpAddr>,
     services: HashMap<ServiceKey, Arc<Service>>,
-    slices: HashMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Each service's slices, sorted by name (a service has a few; a vector costs less than a map).
+    slices: HashMap<ServiceKey, Vec<Arc<EndpointSlice>>>,
     slice_owner: HashMap<(String, String), ServiceKey>,
     /// Service port names each service currently contributes, per family, to find ports that disappear.
     ports_of: HashMap<ServiceKey, Vec<(IpFamily, ServicePortName)>>,
@@ -171,7 +172,11 @@ impl ClusterState {
                     self.remove_slice(&old_owner, &slice.name);
                 }
                 self.dirty.insert(slice.service.clone());
-                self.slices.entry(slice.service.clone()).or_default().insert(slice.name.clone(), slice);
+                let slices = self.slices.entry(slice.service.clone()).or_default();
+                match slices.binary_search_by(|s| s.name.cmp(&slice.name)) {
+                    Ok(at) => slices[at] = slice,
+                    Err(at) => slices.insert(at, slice),
+                }
             }
             Change::Upsert(Object::Node(node)) => {
                 if node.name != self.node_name {
@@ -208,7 +213,7 @@ impl ClusterState {
 
     fn remove_slice(&mut self, owner: &ServiceKey, name: &str) {
         if let Some(slices) = self.slices.get_mut(owner) {
-            slices.remove(name);
+            slices.retain(|s| s.name != name);
             if slices.is_empty() {
                 self.slices.remove(owner);
             }
@@ -296,11 +301,7 @@ fn is_node_ip_candidate(a: &IpAddr) -> bool {
 }
 
 /// Build the per-family service ports of one service from its slices: pure.
-fn build_ports(
-    svc: &Service,
-    slices: Option<&BTreeMap<String, Arc<EndpointSlice>>>,
-    node: &NodeView,
-) -> Vec<ServicePort> {
+fn build_ports(svc: &Service, slices: Option<&Vec<Arc<EndpointSlice>>>, node: &NodeView) -> Vec<ServicePort> {
     let mut out = Vec::new();
     for &cluster_ip in &svc.cluster_ips {
         let family = IpFamily::of(&cluster_ip);
@@ -351,14 +352,14 @@ fn build_ports(
 /// The endpoints of one service port in one family, from every slice of the service, deduplicated by address
 /// (the first slice by name wins, as slices are walked in name order) and sorted.
 fn port_endpoints(
-    slices: Option<&BTreeMap<String, Arc<EndpointSlice>>>,
+    slices: Option<&Vec<Arc<EndpointSlice>>>,
     family: IpFamily,
     port_name: &str,
     protocol: crate::model::Protocol,
     node: &NodeView,
 ) -> Vec<PortEndpoint> {
     let mut seen: BTreeMap<EndpointAddr, PortEndpoint> = BTreeMap::new();
-    for slice in slices.into_iter().flat_map(|s| s.values()).filter(|s| s.family == family) {
+    for slice in slices.into_iter().flatten().filter(|s| s.family == family) {
         let Some(port) = slice.ports.iter().find(|p| p.name == port_name && p.protocol == protocol) else {
             continue;
         };
@@ -370,8 +371,7 @@ fn port_endpoints(
                 serving: ep.serving,
                 terminating: ep.terminating,
                 is_local: ep.node_name.as_deref() == Some(node.name.as_str()),
-                zone_hints: ep.zone_hints.clone(),
-                node_hints: ep.node_hints.clone(),
+                hints: ep.hints.clone(),
             });
         }
     }

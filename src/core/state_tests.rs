@@ -123,9 +123,9 @@ fn node_zone_change_reevaluates_every_service() {
     let mut st = ClusterState::new("node-a");
     let svc = service("ns", "web", "10.96.0.10", &[HTTP]);
     let mut a = endpoint("10.244.0.5", "x");
-    a.zone_hints = vec!["zone-a".into()];
+    a.hints = Some(Arc::new(crate::model::Hints { zones: vec!["zone-a".into()], nodes: vec![] }));
     let mut b = endpoint("10.244.0.6", "y");
-    b.zone_hints = vec!["zone-b".into()];
+    b.hints = Some(Arc::new(crate::model::Hints { zones: vec!["zone-b".into()], nodes: vec![] }));
     st.apply(Change::Upsert(svc_obj(svc.clone())));
     st.apply(Change::Upsert(slice_obj(slice(&svc, "s", &[("http", Tcp, 80)], vec![a, b]))));
     st.take_changes();

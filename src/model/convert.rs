@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1 as core_v1;
 use k8s_openapi::api::discovery::v1 as discovery_v1;
 
 use super::{
-    Endpoint, EndpointSlice, IpFamily, Node, Protocol, Service, ServiceKey, ServicePortSpec, ServiceType, SlicePort,
+    Endpoint, EndpointSlice, Hints, IpFamily, Node, Protocol, Service, ServiceKey, ServicePortSpec, ServiceType,
+    SlicePort,
 };
 
 /// Why an object could not be used.
@@ -263,6 +264,8 @@ pub fn endpoint_slice(slice: &discovery_v1::EndpointSlice) -> Result<Option<Endp
         });
     }
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    // Endpoints of a slice mostly share a few nodes: one allocation per node name.
+    let mut node_names: Vec<Arc<str>> = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let first = ep.addresses.first().ok_or(ConvertError::Missing("endpoints[].addresses"))?;
         let ip = parse_ip(&format!("endpoints[{i}].addresses[0]"), first)?;
@@ -271,26 +274,27 @@ pub fn endpoint_slice(slice: &discovery_v1::EndpointSlice) -> Result<Option<Endp
         }
         let conditions = ep.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-        let hints = ep.hints.as_ref();
+        let node_name = ep.node_name.as_deref().filter(|n| !n.is_empty()).map(|n| {
+            match node_names.iter().find(|known| &***known == n) {
+                Some(known) => known.clone(),
+                None => {
+                    let name: Arc<str> = Arc::from(n);
+                    node_names.push(name.clone());
+                    name
+                }
+            }
+        });
+        let hints = ep.hints.as_ref().map(|h| Hints {
+            zones: h.for_zones.iter().flatten().map(|z| z.name.clone()).collect(),
+            nodes: h.for_nodes.iter().flatten().map(|n| n.name.clone()).collect(),
+        });
         endpoints.push(Endpoint {
             ip,
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-            node_name: ep.node_name.clone().filter(|n| !n.is_empty()),
-            zone: ep.zone.clone().filter(|z| !z.is_empty()),
-            zone_hints: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|z| z.name.clone())
-                .collect(),
-            node_hints: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|n| n.name.clone())
-                .collect(),
+            node_name,
+            hints: hints.filter(|h| !h.zones.is_empty() || !h.nodes.is_empty()).map(Arc::new),
         });
     }
     let trigger_time = meta

@@ -29,10 +29,8 @@ pub fn endpoint(ip: &str, node: &str) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
-        node_name: Some(node.to_string()),
-        zone: None,
-        zone_hints: vec![],
-        node_hints: vec![],
+        node_name: Some(node.into()),
+        hints: None,
     }
 }
 

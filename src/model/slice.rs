@@ -1,4 +1,5 @@
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::{IpFamily, Protocol, ServiceKey};
 
@@ -10,7 +11,16 @@ pub struct SlicePort {
     pub port: u16,
 }
 
-/// One endpoint (its first address, as upstream uses) with its conditions and topology.
+/// Topology hints of an endpoint (`hints.forZones`, `hints.forNodes`). Rare, so kept behind a shared pointer:
+/// an endpoint without hints pays 8 bytes for them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub zones: Vec<String>,
+    pub nodes: Vec<String>,
+}
+
+/// One endpoint (its first address, as upstream uses) with its conditions and topology. Kept small: a cluster
+/// has hundreds of thousands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub ip: IpAddr,
@@ -20,12 +30,19 @@ pub struct Endpoint {
     pub serving: bool,
     /// `conditions.terminating`; unset means false.
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
-    /// `hints.forZones[].name`.
-    pub zone_hints: Vec<String>,
-    /// `hints.forNodes[].name`.
-    pub node_hints: Vec<String>,
+    /// `nodeName`, shared between the endpoints of a slice on the same node.
+    pub node_name: Option<Arc<str>>,
+    pub hints: Option<Arc<Hints>>,
+}
+
+impl Endpoint {
+    pub fn zone_hints(&self) -> &[String] {
+        self.hints.as_ref().map_or(&[], |h| &h.zones)
+    }
+
+    pub fn node_hints(&self) -> &[String] {
+        self.hints.as_ref().map_or(&[], |h| &h.nodes)
+    }
 }
 
 /// An EndpointSlice of addressType IPv4 or IPv6 (FQDN slices are not proxied and never become this type).

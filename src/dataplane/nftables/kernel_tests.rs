@@ -104,8 +104,7 @@ fn port(family: IpFamily, name: &str, protocol: Protocol, index: u8, n: usize) -
                 serving: true,
                 terminating: false,
                 is_local: i == 0,
-                zone_hints: vec![],
-                node_hints: vec![],
+                hints: None,
             })
             .collect(),
         has_any_endpoints: n > 0,

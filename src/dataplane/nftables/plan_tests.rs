@@ -42,8 +42,7 @@ fn port(name: &str, ip: &str, endpoints: &[&str]) -> ServicePort {
                 serving: true,
                 terminating: false,
                 is_local: false,
-                zone_hints: vec![],
-                node_hints: vec![],
+                hints: None,
             })
             .collect(),
         has_any_endpoints: !eps.is_empty(),
