@@ -26,9 +26,14 @@ use kube_proxy_rs::sources::kube::ConnectSettings;
 use kube_proxy_rs::sources::manifests::ManifestSource;
 use kube_proxy_rs::sources::{self, Source};
 
+/// jemalloc, whose background thread returns freed pages to the kernel: a full sync's transient memory (the
+/// desired state being built, the netlink batch) does not stay resident afterwards, as it does in glibc's arenas.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc reads its options from this symbol (`malloc_conf`, prefixed as tikv-jemallocator builds it):
+/// purge dirty pages after 1 s, from a background thread, so an idle proxy shrinks too.
+// SAFETY: the symbol is a NUL-terminated C string that jemalloc only reads, once, at start-up.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
