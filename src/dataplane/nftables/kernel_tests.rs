@@ -240,3 +240,50 @@ kernel_tests! {
     kernel_accepts_full_and_partial_syncs_v4_netlink: IpFamily::V4, Via::Netlink;
     kernel_accepts_full_and_partial_syncs_v6_netlink: IpFamily::V6, Via::Netlink;
 }
+
+/// A full sync is streamed to the netlink transport one operation at a time (never held whole); it must leave
+/// the same ruleset as the same sync collected into one transaction and loaded with `nft -f`.
+fn streamed_full_sync_matches_the_collected_one(family: IpFamily) {
+    let fam = Family::of(family);
+    for (name, cfg) in every_config(fam) {
+        let shapes = every_shape(family);
+        let (streamed_cfg, streamed_shapes) = (cfg.clone(), shapes.clone());
+        let streamed = std::thread::spawn(move || {
+            enter_new_netns();
+            let mut netlink = Via::Netlink.transport();
+            let desired = state(&streamed_shapes);
+            netlink
+                .apply_streamed(fam, super::ruleset::TABLE, &mut |emit| {
+                    super::plan::full(&streamed_cfg, &desired, vec![node_ip(family)], emit);
+                })
+                .expect("streamed full sync accepted");
+            nft_list(&["list", "ruleset"])
+        })
+        .join()
+        .unwrap();
+        let collected = std::thread::spawn(move || {
+            enter_new_netns();
+            let (tx, _) = full_transaction(&cfg, &state(&shapes), vec![node_ip(family)]);
+            Via::Nft.transport().apply(&tx).expect("collected full sync accepted");
+            nft_list(&["list", "ruleset"])
+        })
+        .join()
+        .unwrap();
+        assert!(streamed.contains("svc-"), "{name}: nothing listed");
+        assert_eq!(streamed, collected, "{name}");
+    }
+}
+
+#[test]
+fn streamed_full_sync_matches_the_collected_one_v4() {
+    if root_or_skip("streamed_full_sync_matches_the_collected_one_v4") {
+        streamed_full_sync_matches_the_collected_one(IpFamily::V4);
+    }
+}
+
+#[test]
+fn streamed_full_sync_matches_the_collected_one_v6() {
+    if root_or_skip("streamed_full_sync_matches_the_collected_one_v6") {
+        streamed_full_sync_matches_the_collected_one(IpFamily::V6);
+    }
+}
