@@ -197,7 +197,7 @@ impl Transport for NetlinkTransport {
         &mut self,
         family: Family,
         table: &str,
-        produce: &mut dyn FnMut(&mut dyn FnMut(Op)),
+        produce: &mut super::transport::Producer,
     ) -> Result<(), TransportError> {
         let first = self.next_seq();
         let mut encoder = objects::Encoder::new(family, table, first);

@@ -22,6 +22,9 @@ pub enum TransportError {
     Encode(String),
 }
 
+/// Produces a transaction's operations, handing each to the sink it is given.
+pub type Producer<'a> = dyn FnMut(&mut dyn FnMut(super::ir::Op)) + 'a;
+
 /// Applies transactions to the kernel.
 pub trait Transport: Send {
     fn name(&self) -> &'static str;
@@ -32,12 +35,7 @@ pub trait Transport: Send {
     /// Apply one transaction atomically whose operations `produce` hands over one at a time (full syncs: at
     /// scale the operations are never all in memory at once with a transport that can stream them). By default
     /// they are collected and applied as one `Transaction`.
-    fn apply_streamed(
-        &mut self,
-        family: Family,
-        table: &str,
-        produce: &mut dyn FnMut(&mut dyn FnMut(super::ir::Op)),
-    ) -> Result<(), TransportError> {
+    fn apply_streamed(&mut self, family: Family, table: &str, produce: &mut Producer) -> Result<(), TransportError> {
         let mut tx = Transaction::new(family, table);
         produce(&mut |op| tx.ops.push(op));
         self.apply(&tx)
