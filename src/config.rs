@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::dataplane::settings::{LocalDetection, NodePortAddresses, ProxySettings};
 use crate::model::IpFamily;
 use crate::nodesetup::{ConntrackSettings, NodeSetupSettings};
-pub use flags::{DetectLocalMode, Flags, NftablesTransport, ProxyMode};
+pub use flags::{BackendChoice, DetectLocalMode, Flags, NftablesTransport, ProxyMode};
 
 /// A configuration that cannot be used; the message names the flag (or field) and the bad value.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,7 @@ pub struct Config {
     pub mode: ProxyMode,
     /// How the nftables mode reaches the kernel (`--nftables-transport`, default netlink).
     pub nftables_transport: NftablesTransport,
+    pub iptables_backend: BackendChoice,
     pub manifests: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub master: Option<String>,
@@ -137,8 +138,9 @@ impl Config {
             udp_stream_timeout: f.conntrack_udp_timeout_stream.unwrap_or(defaults.udp_stream_timeout),
         };
         Ok(Config {
-            mode: f.proxy_mode.unwrap_or(ProxyMode::Nftables),
+            mode: f.proxy_mode.unwrap_or(ProxyMode::Iptables),
             nftables_transport: f.nftables_transport.unwrap_or(NftablesTransport::Netlink),
+            iptables_backend: f.iptables_backend.unwrap_or(BackendChoice::Auto),
             manifests: f.manifests.clone(),
             kubeconfig: f.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
             master: nonempty(&f.master),

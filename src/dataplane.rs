@@ -46,10 +46,22 @@ pub trait Dataplane: Send {
     fn cleanup(&mut self) -> Result<(), DataplaneError>;
 }
 
-/// Remove iptables, ipvs and upstream-nftables leftovers of the modes other than the running one (upstream
-/// kube-proxy's and ours). Failures are logged: a leftover is untidy, never a reason to stop proxying.
-pub fn remove_other_modes_leftovers() {
-    match iptables::remove_kube_proxy_chains() {
+/// The mode that is running, whose kernel state must not be taken for leftovers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Running {
+    Nftables,
+    Iptables(iptables::Backend),
+}
+
+/// Remove what the modes other than the running one leave behind (upstream kube-proxy's and ours): iptables
+/// chains (in the backends the running mode does not own), ipvs leftovers, and the nftables tables when
+/// iptables runs. Failures are logged: a leftover is untidy, never a reason to stop proxying.
+pub fn remove_other_modes_leftovers(running: Running, settings: &settings::ProxySettings) {
+    let backends: Vec<iptables::Backend> = match running {
+        Running::Nftables => iptables::Backend::ALL.to_vec(),
+        Running::Iptables(mine) => iptables::Backend::ALL.into_iter().filter(|b| *b != mine).collect(),
+    };
+    match iptables::remove_kube_proxy_chains_in(&backends) {
         Ok(report) if report.removed_anything() => tracing::info!(?report, "removed iptables leftovers of kube-proxy"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot remove iptables leftovers"),
@@ -58,4 +70,23 @@ pub fn remove_other_modes_leftovers() {
         Ok(report) => tracing::debug!(?report, "ipvs leftovers"),
         Err(e) => tracing::warn!(error = %e, "cannot remove ipvs leftovers"),
     }
+    if let Running::Iptables(_) = running {
+        match nftables::remove_tables(settings) {
+            Ok(()) => tracing::debug!("nftables tables of kube-proxy removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove nftables leftovers"),
+        }
+    }
+}
+
+/// `--cleanup`: remove what every mode creates, ours and upstream's, in every backend and family. Everything is
+/// attempted; the first failure is returned.
+pub fn remove_everything(settings: &settings::ProxySettings) -> Result<(), DataplaneError> {
+    let nft = nftables::remove_tables(settings);
+    let chains = iptables::remove_kube_proxy_chains()
+        .map(|_| ())
+        .map_err(|e| DataplaneError::Apply { what: "iptables cleanup".into(), reason: e.to_string() });
+    let ipvs = iptables::remove_ipvs_leftovers()
+        .map(|_| ())
+        .map_err(|e| DataplaneError::Apply { what: "ipvs cleanup".into(), reason: e.to_string() });
+    nft.and(chains).and(ipvs)
 }

@@ -10,10 +10,11 @@ use kube_proxy_rs::admin::http::{self, AdminState};
 use kube_proxy_rs::admin::metrics::Metrics;
 use kube_proxy_rs::admin::service_health::ServiceHealthServers;
 use kube_proxy_rs::config::flags::Command;
-use kube_proxy_rs::config::{Config, Flags, NftablesTransport, ProxyMode};
+use kube_proxy_rs::config::{BackendChoice, Config, Flags, NftablesTransport, ProxyMode};
 use kube_proxy_rs::conntrack::ConntrackCleaner;
 use kube_proxy_rs::core::ClusterState;
 use kube_proxy_rs::dataplane::Dataplane;
+use kube_proxy_rs::dataplane::iptables::{self, IptablesDataplane};
 use kube_proxy_rs::dataplane::nftables::NftablesDataplane;
 use kube_proxy_rs::dataplane::nftables::netlink::NetlinkTransport;
 use kube_proxy_rs::dataplane::nftables::transport::{NftCommand, Transport};
@@ -72,8 +73,11 @@ fn main() -> ExitCode {
     if config.cleanup {
         return cleanup(&config);
     }
-    if config.mode != ProxyMode::Nftables {
-        eprintln!("kube-proxy-rs: --proxy-mode={}: not built yet; use --proxy-mode=nftables", config.mode.name());
+    if matches!(config.mode, ProxyMode::Ipvs | ProxyMode::Userspace) {
+        eprintln!(
+            "kube-proxy-rs: --proxy-mode={}: not built yet; use --proxy-mode=iptables or --proxy-mode=nftables",
+            config.mode.name()
+        );
         return ExitCode::FAILURE;
     }
     if let Some(dir) = &config.manifests
@@ -95,7 +99,7 @@ fn main() -> ExitCode {
     if config.init_only {
         return ExitCode::SUCCESS;
     }
-    let dataplane = match nftables(&config) {
+    let dataplane = match dataplane(&config) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("kube-proxy-rs: {e}");
@@ -151,10 +155,23 @@ fn nftables(config: &Config) -> Result<NftablesDataplane, String> {
     Ok(NftablesDataplane::new(config.proxy_settings(), transport, &families()))
 }
 
+/// The dataplane of the chosen mode.
+fn dataplane(config: &Config) -> Result<Box<dyn Dataplane>, String> {
+    match config.mode {
+        ProxyMode::Nftables => Ok(Box::new(nftables(config)?)),
+        _ => {
+            let backend = match config.iptables_backend {
+                BackendChoice::Auto => iptables::backend::detect(),
+                BackendChoice::Fixed(b) => b,
+            };
+            Ok(Box::new(IptablesDataplane::new(config.proxy_settings(), backend, &families())))
+        }
+    }
+}
+
 /// `--cleanup`: remove what every mode creates.
 fn cleanup(config: &Config) -> ExitCode {
-    kube_proxy_rs::dataplane::remove_other_modes_leftovers();
-    match nftables(config).and_then(|mut d| d.cleanup().map_err(|e| e.to_string())) {
+    match kube_proxy_rs::dataplane::remove_everything(&config.proxy_settings()) {
         Ok(()) => {
             tracing::info!("removed every rule kube-proxy-rs creates");
             ExitCode::SUCCESS
@@ -166,7 +183,7 @@ fn cleanup(config: &Config) -> ExitCode {
     }
 }
 
-async fn run(config: Config, flags_config: Option<std::path::PathBuf>, dataplane: NftablesDataplane) -> ExitCode {
+async fn run(config: Config, flags_config: Option<std::path::PathBuf>, dataplane: Box<dyn Dataplane>) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(ProxyHealth::new(2 * config.sync_period));
     let admin = Arc::new(AdminState {
@@ -192,7 +209,7 @@ async fn run(config: Config, flags_config: Option<std::path::PathBuf>, dataplane
     }
     let mut runner = Runner::new(
         ClusterState::new(config.node_name()),
-        Box::new(dataplane),
+        dataplane,
         Pacer::new(config.min_sync_period, config.sync_period),
         metrics,
         Box::new(read_interface_addresses),
@@ -211,7 +228,8 @@ async fn run(config: Config, flags_config: Option<std::path::PathBuf>, dataplane
     };
     tracing::info!(
         mode = config.mode.name(),
-        transport = config.nftables_transport.name(),
+        nftables_transport = config.nftables_transport.name(),
+        iptables_backend = ?config.iptables_backend,
         node = %config.node_name(),
         "kube-proxy-rs starting"
     );

@@ -8,6 +8,8 @@ use clap::{ArgAction, Parser, Subcommand};
 use ipnet::IpNet;
 
 use super::duration;
+use crate::dataplane::iptables::Backend;
+pub use crate::dataplane::iptables::backend::BackendChoice;
 
 /// A drop-in replacement for Kubernetes' kube-proxy.
 #[derive(Debug, Default, Parser)]
@@ -29,8 +31,7 @@ pub struct Flags {
     #[arg(long, value_name = "FILE")]
     pub write_config_to: Option<PathBuf>,
 
-    /// Which proxy mode to use: 'iptables', 'nftables', 'ipvs' or 'userspace' (default: nftables until the
-    /// iptables mode exists).
+    /// Which proxy mode to use: 'iptables' (default), 'nftables', 'ipvs' or 'userspace'.
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub proxy_mode: Option<ProxyMode>,
 
@@ -38,6 +39,11 @@ pub struct Flags {
     /// 'nft' (pipe `nft -f` text to the nft command; needs nft installed).
     #[arg(long, value_name = "netlink|nft", value_parser = parse_nftables_transport)]
     pub nftables_transport: Option<NftablesTransport>,
+
+    /// Which iptables the iptables mode uses: 'auto' (default: the backend the node already uses, as upstream's
+    /// images choose; nft on an empty node), 'nft' (iptables-nft) or 'legacy' (iptables-legacy).
+    #[arg(long, value_name = "auto|nft|legacy", value_parser = parse_iptables_backend)]
+    pub iptables_backend: Option<BackendChoice>,
 
     /// Read Services, EndpointSlices and the Node from YAML/JSON manifests in this directory, and follow it.
     #[arg(long, value_name = "DIR")]
@@ -260,6 +266,15 @@ pub fn parse_mode(s: &str) -> Result<ProxyMode, String> {
         "ipvs" => Ok(ProxyMode::Ipvs),
         "userspace" => Ok(ProxyMode::Userspace),
         _ => Err("want iptables, nftables, ipvs or userspace".into()),
+    }
+}
+
+pub fn parse_iptables_backend(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "auto" => Ok(BackendChoice::Auto),
+        "nft" => Ok(BackendChoice::Fixed(Backend::Nft)),
+        "legacy" => Ok(BackendChoice::Fixed(Backend::Legacy)),
+        _ => Err("want auto, nft or legacy".into()),
     }
 }
 

@@ -1,22 +1,28 @@
-//! iptables: for now, removing what upstream kube-proxy's iptables, ipvs (and old userspace) modes leave behind,
-//! so that a node can move from upstream kube-proxy to kube-proxy-rs and back. (The iptables proxy mode itself,
-//! with upstream's KUBE-* layout, comes later.)
+//! iptables: the iptables proxy mode ([`IptablesDataplane`], upstream's KUBE-* layout through iptables-restore,
+//! on the nft or legacy backend), and removing what upstream kube-proxy's iptables, ipvs (and old userspace) modes
+//! leave behind, so that a node can move between upstream kube-proxy and kube-proxy-rs and between our modes.
 //!
-//! Everything is found by reading the kernel (`iptables-save`, `ipset list`, `ip`), decided by a pure plan, and
+//! Leftovers are found by reading the kernel (`iptables-save`, `ipset list`, `ip`), decided by a pure plan, and
 //! removed by name: chains and ipsets that are not upstream kube-proxy's — the kubelet's, a CNI's, Docker's —
 //! are never flushed or deleted. See [`names`] for the exact lists and where they come from.
 
+pub mod backend;
 mod cleanup;
 mod ipvs;
+pub mod layout;
+mod mode;
 pub mod names;
+pub mod restore;
+pub mod rules;
 mod save;
 mod tool;
 
 use std::io;
 use std::process::ExitStatus;
 
-pub use cleanup::{CleanupReport, TableReport, remove_kube_proxy_chains};
+pub use cleanup::{CleanupReport, TableReport, remove_kube_proxy_chains, remove_kube_proxy_chains_in};
 pub use ipvs::{InterfaceOutcome, IpvsReport, VirtualServers, remove_ipvs_leftovers};
+pub use mode::IptablesDataplane;
 
 use crate::model::IpFamily;
 
@@ -46,6 +52,18 @@ impl Backend {
             Backend::Legacy => "legacy",
         };
         format!("{base}-{backend}-{tool}")
+    }
+
+    /// The plain command of this backend and family, e.g. `ip6tables-nft`.
+    fn command(self, family: IpFamily) -> String {
+        self.program(family, "").trim_end_matches('-').to_string()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        }
     }
 }
 

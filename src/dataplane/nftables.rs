@@ -8,13 +8,11 @@ pub mod ruleset;
 pub mod text;
 pub mod transport;
 
-use ipnet::IpNet;
-
 use self::ir::{Family, Op, Transaction};
 use self::plan::Applied;
-use self::ruleset::{FamilyConfig, LocalTraffic, NodePortAddresses as RuleNodePorts, TABLE};
+use self::ruleset::{FamilyConfig, NodePortAddresses as RuleNodePorts, TABLE};
 use self::transport::Transport;
-use super::settings::{LocalDetection, ProxySettings};
+use super::settings::ProxySettings;
 use super::{Dataplane, DataplaneError, SyncKind};
 use crate::core::{Changes, DesiredState, NodeView};
 use crate::model::IpFamily;
@@ -42,20 +40,7 @@ impl NftablesDataplane {
     }
 
     fn family_config(&self, family: IpFamily, node: &NodeView) -> FamilyConfig {
-        // The configuration allows one cluster CIDR per family; a Node has one podCIDR per family (upstream, too,
-        // uses the first of the family).
-        let first_of_family = |nets: &[IpNet]| -> LocalTraffic {
-            nets.iter()
-                .copied()
-                .find(|n| IpFamily::of_net(n) == family)
-                .map_or(LocalTraffic::Undetectable, LocalTraffic::Cidr)
-        };
-        let local = match &self.settings.local_detection {
-            LocalDetection::ClusterCidr(nets) => first_of_family(nets),
-            LocalDetection::NodeCidr => first_of_family(&node.pod_cidrs),
-            LocalDetection::BridgeInterface(b) => LocalTraffic::Bridge(b.clone()),
-            LocalDetection::InterfaceNamePrefix(p) => LocalTraffic::InterfacePrefix(p.clone()),
-        };
+        let local = self.settings.local_traffic(family, node);
         FamilyConfig {
             family: Family::of(family),
             masquerade_mark: self.settings.masquerade_mark(),
@@ -116,7 +101,7 @@ impl Dataplane for NftablesDataplane {
         }
         if !self.took_over {
             self.took_over = true;
-            super::remove_other_modes_leftovers();
+            super::remove_other_modes_leftovers(super::Running::Nftables, &self.settings);
         }
         Ok(kind)
     }
@@ -151,6 +136,15 @@ impl Dataplane for NftablesDataplane {
         }
         Ok(())
     }
+}
+
+/// Remove our nftables tables and upstream kube-proxy's, in both families (for the other modes' start-up).
+pub fn remove_tables(settings: &ProxySettings) -> Result<(), DataplaneError> {
+    let transport: Box<dyn Transport> = match netlink::NetlinkTransport::new() {
+        Ok(t) => Box::new(t),
+        Err(_) => Box::new(transport::NftCommand),
+    };
+    NftablesDataplane::new(settings.clone(), transport, &IpFamily::ALL).cleanup()
 }
 
 #[cfg(test)]

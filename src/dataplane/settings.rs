@@ -20,6 +20,20 @@ pub enum LocalDetection {
     InterfaceNamePrefix(String),
 }
 
+/// How one family's traffic from this node's pods is recognised, resolved from [`LocalDetection`] and the Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalTraffic {
+    /// Not detectable: nothing is masqueraded because of its source.
+    Undetectable,
+    /// Sources inside this CIDR (ClusterCIDR, or NodeCIDR from the Node's podCIDRs). One per family: the
+    /// configuration allows no more, so a single prefix match does it.
+    Cidr(IpNet),
+    /// Packets arriving on this bridge (BridgeInterface).
+    Bridge(String),
+    /// Packets arriving on interfaces with this name prefix (InterfaceNamePrefix).
+    InterfacePrefix(String),
+}
+
 /// `--nodeport-addresses`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodePortAddresses {
@@ -44,6 +58,24 @@ pub struct ProxySettings {
 impl ProxySettings {
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit
+    }
+
+    /// How `family`'s local pod traffic is recognised on `node`.
+    pub fn local_traffic(&self, family: IpFamily, node: &NodeView) -> LocalTraffic {
+        // The configuration allows one cluster CIDR per family; a Node has one podCIDR per family (upstream, too,
+        // uses the first of the family).
+        let first_of_family = |nets: &[IpNet]| {
+            nets.iter()
+                .copied()
+                .find(|n| IpFamily::of_net(n) == family)
+                .map_or(LocalTraffic::Undetectable, LocalTraffic::Cidr)
+        };
+        match &self.local_detection {
+            LocalDetection::ClusterCidr(nets) => first_of_family(nets),
+            LocalDetection::NodeCidr => first_of_family(&node.pod_cidrs),
+            LocalDetection::BridgeInterface(b) => LocalTraffic::Bridge(b.clone()),
+            LocalDetection::InterfaceNamePrefix(p) => LocalTraffic::InterfacePrefix(p.clone()),
+        }
     }
 }
 

@@ -101,8 +101,7 @@ pub fn nothing_is_programmed_before_both_lists(mode: Mode) {
     c.spawn_proxy();
     eventually("services listed", Duration::from_secs(5), || api.lists(SERVICES) >= 1);
     std::thread::sleep(Duration::from_millis(700));
-    let tables = c.node_exec(&["nft", "list", "tables"]);
-    assert!(!tables.contains("kube-proxy-rs"), "programmed before EndpointSlices were listed:\n{tables}");
+    assert!(!c.rules_programmed(), "programmed before EndpointSlices were listed:\n{}", c.rules_snapshot());
     api.release_lists();
     eventually("programmed after both lists", Duration::from_secs(5), || answers(&c, web));
 }
@@ -144,7 +143,7 @@ pub fn api_outage_keeps_traffic_flowing(mode: Mode) {
     let (c, api) = api_cluster(mode, &[("client", NODE), ("a", NODE)]);
     let web = publish(&c, &api, "web", 1, &["a"]);
     c.start_proxy();
-    let before = c.node_exec(&["nft", "list", "ruleset"]);
+    let before = c.rules_snapshot();
     let fulls = c.metric("kubeproxy_sync_full_proxy_rules_duration_seconds_count");
     api.outage();
     let start = Instant::now();
@@ -152,7 +151,7 @@ pub fn api_outage_keeps_traffic_flowing(mode: Mode) {
         assert!(answers(&c, web), "traffic stopped {:?} into the outage", start.elapsed());
         std::thread::sleep(Duration::from_secs(2));
     }
-    assert_eq!(c.node_exec(&["nft", "list", "ruleset"]), before, "rules unchanged during the outage");
+    assert_eq!(c.rules_snapshot(), before, "rules unchanged during the outage");
     assert!(c.proxy_running());
     // Changes made while we could not see them arrive after the outage, without a full rewrite.
     let later = sock(v4("10.96.1.9"), 80);

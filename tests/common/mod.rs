@@ -33,6 +33,10 @@ pub enum Mode {
     Nftables,
     /// nftables through its fallback transport, `nft -f`.
     NftablesViaNft,
+    /// iptables on the iptables-nft backend.
+    IptablesNft,
+    /// iptables on the iptables-legacy backend.
+    IptablesLegacy,
 }
 
 impl Mode {
@@ -40,12 +44,46 @@ impl Mode {
         match self {
             Mode::Nftables => &["--proxy-mode=nftables"],
             Mode::NftablesViaNft => &["--proxy-mode=nftables", "--nftables-transport=nft"],
+            Mode::IptablesNft => &["--proxy-mode=iptables", "--iptables-backend=nft"],
+            Mode::IptablesLegacy => &["--proxy-mode=iptables", "--iptables-backend=legacy"],
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Nftables | Mode::NftablesViaNft => "nftables",
+            Mode::IptablesNft | Mode::IptablesLegacy => "iptables",
+        }
+    }
+
+    /// The iptables backend's name (`nft`, `legacy`), for the iptables modes.
+    pub fn iptables_backend(self) -> Option<&'static str> {
+        match self {
+            Mode::IptablesNft => Some("nft"),
+            Mode::IptablesLegacy => Some("legacy"),
+            Mode::Nftables | Mode::NftablesViaNft => None,
+        }
+    }
+
+    /// Commands that wipe this mode's rules behind the proxy's back, each with a description: what an operator
+    /// or a misbehaving tool might do.
+    pub fn tampering(self) -> Vec<(&'static str, Vec<Vec<String>>)> {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self.iptables_backend() {
+            None => vec![
+                ("nft flush ruleset", vec![argv(&["nft", "flush", "ruleset"])]),
+                ("table deleted", vec![argv(&["nft", "delete", "table", "ip", "kube-proxy-rs"])]),
+            ],
+            Some(b) => {
+                let wipe = |table: &str| {
+                    let tool = format!("iptables-{b}");
+                    vec![argv(&[&tool, "-t", table, "-F"]), argv(&[&tool, "-t", table, "-X"])]
+                };
+                let mut all = wipe("nat");
+                all.extend(wipe("filter"));
+                all.extend(wipe("mangle"));
+                vec![("every table flushed and its chains deleted", all), ("nat table wiped", wipe("nat"))]
+            }
         }
     }
 }
@@ -199,6 +237,34 @@ impl Cluster {
     pub fn node_exec(&self, argv: &[&str]) -> String {
         let out = self.lab.exec(&Where::Node, argv).unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The mode's whole ruleset as its own tool prints it, without counters (for before/after comparisons).
+    pub fn rules_snapshot(&self) -> String {
+        match self.mode.iptables_backend() {
+            None => self.node_exec(&["nft", "list", "ruleset"]),
+            Some(b) => {
+                let mut text = String::new();
+                for family in ["iptables", "ip6tables"] {
+                    text += &self.node_exec(&[&format!("{family}-{b}-save")]);
+                }
+                // Comments carry timestamps; chain declarations carry packet counters.
+                text.lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(|l| l.split(" [").next().unwrap_or(l))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
+    }
+
+    /// Whether any rule of this proxy is in the kernel.
+    pub fn rules_programmed(&self) -> bool {
+        let text = self.rules_snapshot();
+        match self.mode.iptables_backend() {
+            None => text.contains("kube-proxy-rs"),
+            Some(_) => text.contains("KUBE-SERVICES"),
+        }
     }
 
     pub fn get(&self, addr: &str, path: &str) -> HttpResponse {

@@ -283,11 +283,14 @@ pub fn sigterm_keeps_rules_and_cleanup_removes_everything(mode: Mode) {
     // Rules stay: traffic still flows with no proxy running.
     let r = c.probe(&Where::pod("client"), &ProbeSpec::tcp(vip(V4, 80)));
     assert_eq!(answered_by(&r).get("a"), Some(&1), "{r:?}");
-    let before = c.node_exec(&["nft", "list", "ruleset"]);
-    assert!(before.contains("kube-proxy-rs"), "{before}");
+    assert!(c.rules_programmed(), "{}", c.rules_snapshot());
     let out = c.run_binary(&["--cleanup"]);
     assert!(out.status.success(), "--cleanup: {}", String::from_utf8_lossy(&out.stderr));
-    let after = c.node_exec(&["nft", "list", "ruleset"]);
+    // Nothing of ours is left in nftables or in either iptables backend, whichever mode ran.
+    let mut after = c.node_exec(&["nft", "list", "ruleset"]);
+    for save in ["iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"] {
+        after += &c.node_exec(&[save]);
+    }
     assert!(!after.contains("kube-proxy-rs"), "--cleanup left:\n{after}");
     assert!(!after.contains("KUBE-"), "--cleanup left:\n{after}");
     let r = c.probe(&Where::pod("client"), &ProbeSpec::tcp(vip(V4, 80)).timeout(Duration::from_millis(300)));

@@ -57,9 +57,15 @@ impl CleanupReport {
 /// logged). A failure usually means the ruleset changed between reading and writing it (say, upstream
 /// kube-proxy is still running): calling again retries from a fresh read.
 pub fn remove_kube_proxy_chains() -> Result<CleanupReport, IptablesError> {
+    remove_kube_proxy_chains_in(&Backend::ALL)
+}
+
+/// [`remove_kube_proxy_chains`] in these backends only (the iptables mode keeps its own backend's chains: they
+/// are its rules).
+pub fn remove_kube_proxy_chains_in(backends: &[Backend]) -> Result<CleanupReport, IptablesError> {
     let mut report = CleanupReport::default();
     let mut first_error = None;
-    for backend in Backend::ALL {
+    for &backend in backends {
         for family in IpFamily::ALL {
             if let Err(e) = clean(backend, family, &mut report) {
                 tracing::warn!(?backend, ?family, error = %e, "removing upstream kube-proxy iptables chains failed");

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use super::ir::*;
 use crate::core::{EndpointAddr, ServicePort};
+pub use crate::dataplane::settings::LocalTraffic;
 use crate::model::Protocol;
 
 pub const TABLE: &str = "kube-proxy-rs";
@@ -57,20 +58,6 @@ const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 const REJECT_CHAIN: &str = "reject-chain";
 const FIREWALL_CHECK: &str = "firewall-check";
-
-/// How traffic from this node's pods is recognised (`--detect-local-mode`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LocalTraffic {
-    /// Not detectable: nothing is masqueraded because of its source.
-    Undetectable,
-    /// Sources inside this CIDR (ClusterCIDR, or NodeCIDR from the Node's podCIDRs). One per family: the
-    /// configuration allows no more, so a single prefix match does it.
-    Cidr(IpNet),
-    /// Packets arriving on this bridge (BridgeInterface).
-    Bridge(String),
-    /// Packets arriving on interfaces with this name prefix (InterfaceNamePrefix).
-    InterfacePrefix(String),
-}
 
 /// Which local addresses accept NodePort traffic (`--nodeport-addresses`).
 #[derive(Clone, Debug, PartialEq, Eq)]

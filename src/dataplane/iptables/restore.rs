@@ -1,0 +1,209 @@
+//! `iptables-restore --noflush` inputs: a full one that rewrites every chain of ours (and removes leftovers), and
+//! a partial one that touches only what changed for the changed service ports. Pure: the kernel's state comes in
+//! as parsed `iptables-save` output (full) or as what we applied before (partial).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write;
+use std::hash::{Hash, Hasher};
+
+use super::cleanup::plan_table;
+use super::layout::Table;
+use super::rules::{PortRules, RulesConfig, SharedRule};
+use super::save;
+use crate::core::{FamilyState, ServicePortName};
+
+/// What one service port has in the kernel, as we wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AppliedPort {
+    /// Its rules in shared chains, kept verbatim: removing one is `-D CHAIN <spec>`.
+    shared: Vec<SharedRule>,
+    /// Its own chains with a hash of their rules: an unchanged chain is not rewritten.
+    chains: Vec<(String, u64)>,
+}
+
+impl AppliedPort {
+    fn of(rules: PortRules) -> AppliedPort {
+        let chains = rules.chains.iter().map(|(name, r)| (name.clone(), rules_hash(r))).collect();
+        AppliedPort { shared: rules.shared, chains }
+    }
+}
+
+fn rules_hash(rules: &[String]) -> u64 {
+    let mut h = DefaultHasher::new();
+    rules.hash(&mut h);
+    h.finish()
+}
+
+/// What the kernel holds for one family, as we wrote it.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub config: RulesConfig,
+    ports: HashMap<ServicePortName, AppliedPort>,
+}
+
+impl Applied {
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+}
+
+/// One table's part of an input, in the order iptables-restore needs: chains declared (which creates or flushes
+/// them) before any rule names them, rules deleted before chains are.
+#[derive(Default)]
+struct TableInput {
+    declare: String,
+    delete_rules: String,
+    rules: String,
+    delete_chains: String,
+}
+
+impl TableInput {
+    fn declare(&mut self, chain: &str) {
+        let _ = writeln!(self.declare, ":{chain} - [0:0]");
+    }
+
+    fn append(&mut self, chain: &str, spec: &str) {
+        let _ = writeln!(self.rules, "-A {chain} {spec}");
+    }
+
+    fn is_empty(&self) -> bool {
+        self.declare.is_empty()
+            && self.delete_rules.is_empty()
+            && self.rules.is_empty()
+            && self.delete_chains.is_empty()
+    }
+
+    fn write_to(&self, table: Table, out: &mut String) {
+        let _ = writeln!(out, "*{}", table.name());
+        for part in [&self.declare, &self.delete_rules, &self.rules, &self.delete_chains] {
+            out.push_str(part);
+        }
+        out.push_str("COMMIT\n");
+    }
+}
+
+fn index(table: Table) -> usize {
+    table as usize
+}
+
+/// The input that makes the kernel hold exactly our rules for `ports`, whatever it held before (`saved`, all
+/// tables of this backend and family): every chain of ours is declared (so flushed) and refilled, the jumps
+/// from the built-in chains are replaced, and kube-proxy chains we no longer need (ours, or upstream's from a
+/// previous owner of the node) are deleted. One input, so one atomic change per table.
+pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) -> (String, Applied) {
+    let mut tables: [TableInput; 3] = Default::default();
+    let mut ours: [HashSet<String>; 3] = Default::default();
+    for table in Table::ALL {
+        for chain in table.static_chains() {
+            tables[index(table)].declare(chain);
+            ours[index(table)].insert(chain.to_string());
+        }
+    }
+    for (table, chain, spec) in config.static_rules() {
+        tables[index(table)].append(chain, &spec);
+    }
+    let mut applied = HashMap::with_capacity(ports.ports.len());
+    let mut sorted: Vec<_> = ports.ports.iter().collect();
+    // A stable order keeps the input reproducible (and diffable when debugging).
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (name, port) in sorted {
+        let rules = config.port_rules(port);
+        for r in &rules.shared {
+            tables[index(r.table)].append(r.chain, &r.spec);
+        }
+        let nat = &mut tables[index(Table::Nat)];
+        for (chain, chain_rules) in &rules.chains {
+            nat.declare(chain);
+            ours[index(Table::Nat)].insert(chain.clone());
+            for spec in chain_rules {
+                nat.append(chain, spec);
+            }
+        }
+        applied.insert(name.clone(), AppliedPort::of(rules));
+    }
+    for spec in config.services_tail() {
+        tables[index(Table::Nat)].append(super::layout::SERVICES, &spec);
+    }
+    for table in Table::ALL {
+        let input = &mut tables[index(table)];
+        if let Some(saved) = saved.iter().find(|t| t.name == table.name()) {
+            remove_leftovers(input, saved, &ours[index(table)], table);
+        }
+        // Prepending in reverse keeps the jumps in their listed order at the top of each built-in chain.
+        for jump in RulesConfig::jumps().iter().rev().filter(|j| j.table == table) {
+            let _ = writeln!(input.rules, "-I {} 1 {}", jump.builtin, jump.spec);
+        }
+    }
+    let mut text = String::new();
+    for table in Table::ALL {
+        tables[index(table)].write_to(table, &mut text);
+    }
+    (text, Applied { config: config.clone(), ports: applied })
+}
+
+/// Delete the built-in chains' jumps to kube-proxy chains (ours are re-added), and the kube-proxy chains that
+/// are not ours any more. Chains someone else still jumps to stay, as [`plan_table`] decides.
+fn remove_leftovers(input: &mut TableInput, saved: &save::Table, ours: &HashSet<String>, table: Table) {
+    let plan = plan_table(saved);
+    let doomed: HashSet<&str> = plan.chains.iter().map(String::as_str).collect();
+    let builtin: HashSet<&str> = saved.chains.iter().filter(|c| c.builtin).map(|c| c.name.as_str()).collect();
+    for rule in &saved.rules {
+        let to_kube = rule.target.as_deref().is_some_and(|t| doomed.contains(t) || table.static_chains().contains(&t));
+        if builtin.contains(rule.chain.as_str()) && to_kube {
+            let _ = writeln!(input.delete_rules, "-D {} {}", rule.chain, rule.spec);
+        }
+    }
+    for chain in plan.chains.iter().filter(|c| !ours.contains(*c)) {
+        input.declare(chain);
+        let _ = writeln!(input.delete_chains, "-X {chain}");
+    }
+}
+
+/// The input that brings the service ports named in `changed` from what `applied` says the kernel has to
+/// `ports`, touching nothing else; `applied` is updated as if it succeeded (the caller forgets it if not).
+/// `None` when nothing needs to change.
+pub fn partial(applied: &mut Applied, ports: &FamilyState, changed: &BTreeSet<ServicePortName>) -> Option<String> {
+    let mut tables: [TableInput; 3] = Default::default();
+    for name in changed {
+        let new = ports.ports.get(name).map(|p| applied.config.port_rules(p));
+        let old = applied.ports.remove(name);
+        let old_shared: HashSet<&SharedRule> = old.iter().flat_map(|o| &o.shared).collect();
+        let new_shared: HashSet<&SharedRule> = new.iter().flat_map(|n| &n.shared).collect();
+        for r in old_shared.difference(&new_shared) {
+            let _ = writeln!(tables[index(r.table)].delete_rules, "-D {} {}", r.chain, r.spec);
+        }
+        for r in new.iter().flat_map(|n| &n.shared).filter(|r| !old_shared.contains(r)) {
+            // Inserted at the top: nat KUBE-SERVICES must keep its NodePort rule last.
+            let _ = writeln!(tables[index(r.table)].rules, "-I {} 1 {}", r.chain, r.spec);
+        }
+        let old_chains: HashMap<&str, u64> =
+            old.iter().flat_map(|o| &o.chains).map(|(n, h)| (n.as_str(), *h)).collect();
+        let nat = &mut tables[index(Table::Nat)];
+        let mut kept = HashSet::new();
+        for (chain, rules) in new.iter().flat_map(|n| &n.chains) {
+            kept.insert(chain.as_str());
+            if old_chains.get(chain.as_str()) == Some(&rules_hash(rules)) {
+                continue;
+            }
+            nat.declare(chain);
+            for spec in rules {
+                nat.append(chain, spec);
+            }
+        }
+        for chain in old_chains.keys().filter(|c| !kept.contains(*c)) {
+            nat.declare(chain);
+            let _ = writeln!(nat.delete_chains, "-X {chain}");
+        }
+        if let Some(new) = new {
+            applied.ports.insert(name.clone(), AppliedPort::of(new));
+        }
+    }
+    let mut text = String::new();
+    for table in Table::ALL {
+        if !tables[index(table)].is_empty() {
+            tables[index(table)].write_to(table, &mut text);
+        }
+    }
+    (!text.is_empty()).then_some(text)
+}
