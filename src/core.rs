@@ -2,6 +2,8 @@
 //! which service ports changed since the last sync. No I/O, no clocks, no globals: every input is passed in.
 
 mod categorize;
+#[cfg(test)]
+pub mod fixtures;
 mod service_port;
 mod state;
 

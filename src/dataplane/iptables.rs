@@ -92,3 +92,7 @@ pub enum IptablesError {
 mod cleanup_tests;
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod mode_kernel_tests;
+#[cfg(test)]
+mod rules_tests;

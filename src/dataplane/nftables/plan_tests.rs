@@ -1,11 +1,10 @@
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use super::*;
-use crate::core::{EndpointAddr, PortEndpoint, ServicePort, ServicePortName};
+use crate::core::ServicePort;
+use crate::core::fixtures::{port, state};
 use crate::dataplane::nftables::ruleset::LocalTraffic;
 use crate::dataplane::nftables::text;
-use crate::model::{IpFamily, Protocol, ServiceKey};
 
 fn config() -> FamilyConfig {
     FamilyConfig {
@@ -16,47 +15,6 @@ fn config() -> FamilyConfig {
         nodeports: super::super::ruleset::NodePortAddresses::Listed,
         node_ips: vec![],
     }
-}
-
-fn port(name: &str, ip: &str, endpoints: &[&str]) -> ServicePort {
-    let eps: Vec<EndpointAddr> =
-        endpoints.iter().map(|e| EndpointAddr { ip: e.parse().unwrap(), port: 8080 }).collect();
-    ServicePort {
-        name: ServicePortName { service: ServiceKey::new("ns", name), port: "http".into(), protocol: Protocol::Tcp },
-        family: IpFamily::V4,
-        port: 80,
-        node_port: None,
-        cluster_ip: ip.parse().unwrap(),
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity_timeout: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: None,
-        endpoints: eps
-            .iter()
-            .map(|a| PortEndpoint {
-                addr: *a,
-                ready: true,
-                serving: true,
-                terminating: false,
-                is_local: false,
-                hints: None,
-            })
-            .collect(),
-        has_any_endpoints: !eps.is_empty(),
-        cluster_endpoints: eps,
-        local_endpoints: vec![],
-    }
-}
-
-fn state(ports: &[ServicePort]) -> FamilyState {
-    let mut st = FamilyState::default();
-    for p in ports {
-        st.ports.insert(p.name.clone(), Arc::new(p.clone()));
-    }
-    st
 }
 
 fn changed(ports: &[&ServicePort]) -> BTreeSet<ServicePortName> {
