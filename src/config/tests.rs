@@ -12,7 +12,8 @@ fn parse(args: &[&str]) -> Result<Config, String> {
 #[test]
 fn defaults_are_upstreams() {
     let c = parse(&[]).unwrap();
-    assert_eq!(c.mode, ProxyMode::Nftables);
+    assert_eq!(c.mode, ProxyMode::Iptables);
+    assert_eq!(c.iptables_backend, BackendChoice::Auto);
     assert_eq!(c.sync_period, Duration::from_secs(30));
     assert_eq!(c.min_sync_period, Duration::from_secs(1));
     assert_eq!(c.masquerade_bit, 14);
@@ -21,6 +22,13 @@ fn defaults_are_upstreams() {
     assert_eq!(c.metrics_bind_address.unwrap().to_string(), "127.0.0.1:10249");
     assert_eq!(c.nodeport_addresses, NodePortAddresses::Default);
     assert_eq!(c.nftables_transport, NftablesTransport::Netlink);
+}
+
+#[test]
+fn the_iptables_backend_can_be_forced() {
+    use crate::dataplane::iptables::Backend;
+    assert_eq!(parse(&["--iptables-backend=legacy"]).unwrap().iptables_backend, BackendChoice::Fixed(Backend::Legacy));
+    assert_eq!(parse(&["--iptables-backend", "nft"]).unwrap().iptables_backend, BackendChoice::Fixed(Backend::Nft));
 }
 
 #[test]
@@ -64,6 +72,7 @@ fn bad_values_name_the_flag_and_the_value() {
         (vec!["--cluster-cidr=10.0.0.0/33"], "--cluster-cidr", "10.0.0.0/33"),
         (vec!["--proxy-mode=bogus"], "--proxy-mode", "bogus"),
         (vec!["--nftables-transport=json"], "--nftables-transport", "json"),
+        (vec!["--iptables-backend=xtables"], "--iptables-backend", "xtables"),
         (vec!["--iptables-masquerade-bit=40"], "--iptables-masquerade-bit", "40"),
         (vec!["--masquerade-all=maybe"], "--masquerade-all", "maybe"),
         (vec!["--metrics-bind-address=localhost"], "--metrics-bind-address", "localhost"),
@@ -83,7 +92,7 @@ fn configz_has_upstream_field_names() {
     assert_eq!(v["clusterCIDR"], "10.244.0.0/16");
     assert_eq!(v["nftables"]["syncPeriod"], "30s");
     assert_eq!(v["iptables"]["masqueradeBit"], 14);
-    assert_eq!(v["mode"], "nftables");
+    assert_eq!(v["mode"], "iptables");
 }
 
 #[test]
