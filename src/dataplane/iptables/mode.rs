@@ -50,9 +50,9 @@ impl IptablesDataplane {
 
     fn restore(&self, family: IpFamily, input: &str) -> Result<(), IptablesError> {
         let program = self.backend.program(family, "restore");
-        // --wait: take the xtables lock as upstream does (5 s, polling every 100 ms) so that a CNI plugin
-        // writing at the same time is neither starved nor raced.
-        let argv = [program.as_str(), "--noflush", "--wait=5", "--wait-interval=100000"];
+        // --wait: take the xtables lock as upstream does (up to 5 s) so that a CNI plugin writing at the same
+        // time is neither starved nor raced. (Upstream also passes --wait-interval, which iptables 1.8.9 ignores.)
+        let argv = [program.as_str(), "--noflush", "--wait=5"];
         tool::run_required(&argv, Some(input)).map(|_| ())
     }
 

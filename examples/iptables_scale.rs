@@ -1,0 +1,110 @@
+//! How long the iptables mode's full sync of N services × M endpoints (10% NodePorts) and single changes take on
+//! each backend, next to the kernel floor: `iptables-restore` loading the same input. A measurement, not a test:
+//! needs root, runs each backend in a fresh network namespace of its own, prints numbers.
+//!
+//! `cargo run --release --example iptables_scale [-- SERVICES [ENDPOINTS [BACKEND]]]` (BACKEND: nft, legacy;
+//! default both)
+
+#[path = "common/scale_state.rs"]
+mod scale_state;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube_proxy_rs::core::{FamilyState, ServicePort, ServicePortName};
+use kube_proxy_rs::dataplane::iptables::restore;
+use kube_proxy_rs::dataplane::iptables::rules::RulesConfig;
+use kube_proxy_rs::dataplane::settings::LocalTraffic;
+use kube_proxy_rs::model::IpFamily;
+use scale_state::{ms, service, state};
+
+/// Feed `input` to `argv` and wait; how long it took.
+fn timed(argv: &[&str], input: &str) -> Duration {
+    let start = Instant::now();
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("iptables-restore");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).expect("write input");
+    assert!(child.wait().unwrap().success(), "{argv:?} failed");
+    start.elapsed()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let services: u32 = args.first().map_or(5_000, |a| a.parse().expect("a number"));
+    let endpoints: u32 = args.get(1).map_or(10, |a| a.parse().expect("a number"));
+    let backends: Vec<&str> = match args.get(2).map(String::as_str) {
+        Some(b) => vec![if b == "nft" { "nft" } else { "legacy" }],
+        None => vec!["legacy", "nft"],
+    };
+    let config = RulesConfig {
+        family: IpFamily::V4,
+        masquerade_mark: 0x4000,
+        masquerade_all: false,
+        local: LocalTraffic::Cidr("10.128.0.0/9".parse().unwrap()),
+        nodeport_ips: None,
+        node_ips: vec![],
+    };
+    let ports: Vec<ServicePort> = (0..services).map(|i| service(i, endpoints, i * endpoints)).collect();
+    let desired = state(ports.clone());
+    let start = Instant::now();
+    let (full, applied) = restore::full(&config, &desired, &[]);
+    let generate = start.elapsed();
+    println!(
+        "{services} services × {endpoints} endpoints: full input {} lines, {:.1} MB, generated in {}",
+        full.lines().count(),
+        full.len() as f64 / 1e6,
+        ms(generate)
+    );
+    // One change: service 0's endpoints replaced. Another: a new service.
+    let mut moved = ports.clone();
+    moved[0] = service(0, endpoints, services * endpoints);
+    let one: BTreeSet<ServicePortName> = [moved[0].name.clone()].into();
+    let mut grown = moved.clone();
+    grown.push(service(services, endpoints, (services + 1) * endpoints));
+    let added: BTreeSet<ServicePortName> = [grown[services as usize].name.clone()].into();
+    let steps: Vec<(FamilyState, BTreeSet<ServicePortName>)> = vec![(state(moved), one), (state(grown), added)];
+
+    for backend in backends {
+        let (full, mut applied, steps) = (full.clone(), applied.clone(), steps.clone());
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run as root");
+            let restore = format!("iptables-{backend}-restore");
+            let ours = [restore.as_str(), "--noflush", "--wait=5"];
+            let floor = timed(&[restore.as_str()], &full);
+            // The same input again: what a restart with rules in place costs (every chain flushed and refilled).
+            let again = timed(&ours, &full);
+            // The least any change costs: a restore that only re-declares one empty chain.
+            let noop = timed(&ours, "*nat\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n");
+            let times: Vec<(Duration, Duration)> = steps
+                .iter()
+                .map(|(desired, changed)| {
+                    let start = Instant::now();
+                    let input = restore::partial(&mut applied, desired, changed).expect("a change");
+                    let generate = start.elapsed();
+                    (generate, timed(&ours, &input))
+                })
+                .collect();
+            println!(
+                "  {backend}: iptables-restore of the full input into an empty namespace {} (generating it: {}, \
+                 ratio {:.2}); again over itself {}; one slice changed {} + {} generating; a new service {}; a no-op change {}",
+                ms(floor),
+                ms(generate),
+                (floor + generate).as_secs_f64() / floor.as_secs_f64(),
+                ms(again),
+                ms(times[0].1),
+                ms(times[0].0),
+                ms(times[1].1),
+                ms(noop),
+            );
+        })
+        .join()
+        .expect("measurement thread");
+    }
+}
