@@ -22,7 +22,6 @@ use kube_proxy_rs::dataplane::nftables::text;
 use kube_proxy_rs::dataplane::nftables::transport::{NftCommand, Transport};
 use scale_state::{ms, service, state};
 
-
 /// Apply `full`, then each of `changes`, through the transport `make` builds, in a fresh namespace; how long
 /// each took.
 fn run(make: fn() -> Box<dyn Transport>, full: Transaction, changes: Vec<Transaction>) -> (Duration, Vec<Duration>) {

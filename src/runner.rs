@@ -179,9 +179,17 @@ impl Runner {
             }
             Err(e) => {
                 tracing::error!(error = %e, "sync failed; will retry with a full sync");
-                if self.dataplane.mode() == "nftables" {
-                    self.metrics.nftables_sync_failures.inc();
-                }
+                match self.dataplane.mode() {
+                    "nftables" => self.metrics.nftables_sync_failures.inc(),
+                    "iptables" => {
+                        // A partial sync was asked for; the dataplane may have found it had to be full.
+                        if !full {
+                            self.metrics.iptables_partial_restore_failures.inc();
+                        }
+                        self.metrics.iptables_restore_failures.inc()
+                    }
+                    _ => 0,
+                };
                 self.full_next = true;
                 self.leftover = Some(changes);
                 self.pacer.finished(started, false);

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub service_changes_total: Counter,
     pub nftables_sync_failures: Counter,
     pub nftables_cleanup_failures: Counter,
+    pub iptables_restore_failures: Counter,
+    pub iptables_partial_restore_failures: Counter,
     pub no_local_endpoints: Family<Labels, Gauge>,
     pub healthz_total: Family<Labels, Counter>,
     pub livez_total: Family<Labels, Counter>,
@@ -65,6 +67,8 @@ impl Metrics {
             service_changes_total: Counter::default(),
             nftables_sync_failures: Counter::default(),
             nftables_cleanup_failures: Counter::default(),
+            iptables_restore_failures: Counter::default(),
+            iptables_partial_restore_failures: Counter::default(),
             no_local_endpoints: Family::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
@@ -127,6 +131,16 @@ impl Metrics {
             "Cumulative proxy nftables cleanup failures",
             m.nftables_cleanup_failures.clone(),
         );
+        r.register(
+            "sync_proxy_rules_iptables_restore_failures",
+            "Cumulative proxy iptables restore failures",
+            m.iptables_restore_failures.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_iptables_partial_restore_failures",
+            "Cumulative proxy iptables partial restore failures",
+            m.iptables_partial_restore_failures.clone(),
+        );
         // A gauge despite its name, as upstream's.
         r.register(
             "sync_proxy_rules_no_local_endpoints_total",
@@ -180,6 +194,8 @@ mod tests {
             "kubeproxy_sync_proxy_rules_endpoint_changes_total 1",
             "kubeproxy_sync_proxy_rules_service_changes_pending",
             "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 0",
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total 0",
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 0",
             "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
         ] {

@@ -14,7 +14,7 @@ mod mode;
 pub mod names;
 pub mod restore;
 pub mod rules;
-mod save;
+pub mod save;
 mod tool;
 
 use std::io;

@@ -2,10 +2,10 @@
 //! a partial one that touches only what changed for the changed service ports. Pure: the kernel's state comes in
 //! as parsed `iptables-save` output (full) or as what we applied before (partial).
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
-use std::hash::{Hash, Hasher};
+
+use sha2::{Digest, Sha256};
 
 use super::cleanup::plan_table;
 use super::layout::Table;
@@ -29,10 +29,50 @@ impl AppliedPort {
     }
 }
 
+/// A digest of a chain's rules. It is also written into the kernel, as a comment on the chain's first rule, so
+/// that a full sync can tell which chains already hold exactly what they should (after a restart, say) and leave
+/// them alone: on the nft backend, flushing and refilling every chain is what makes a full sync over existing
+/// rules take many times longer than loading them into an empty kernel.
 fn rules_hash(rules: &[String]) -> u64 {
-    let mut h = DefaultHasher::new();
-    rules.hash(&mut h);
-    h.finish()
+    let mut h = Sha256::new();
+    for rule in rules {
+        h.update(rule.as_bytes());
+        h.update(b"\n");
+    }
+    u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
+const HASH_MARK: &str = "kpr:";
+
+/// Append a per-service chain with its digest on its first rule.
+fn append_chain(input: &mut TableInput, chain: &str, rules: &[String], hash: u64) {
+    for (i, spec) in rules.iter().enumerate() {
+        if i == 0 {
+            let _ = writeln!(input.rules, "-A {chain} -m comment --comment \"{HASH_MARK}{hash:016x}\" {spec}");
+        } else {
+            input.append(chain, spec);
+        }
+    }
+}
+
+/// The digest and rule count of every chain in a saved table, as [`append_chain`] wrote them.
+fn saved_chains(saved: &[save::Table]) -> HashMap<&str, (Option<u64>, usize)> {
+    let mut out: HashMap<&str, (Option<u64>, usize)> = HashMap::new();
+    let Some(nat) = saved.iter().find(|t| t.name == Table::Nat.name()) else { return out };
+    for rule in &nat.rules {
+        let entry = out.entry(rule.chain.as_str()).or_insert((None, 0));
+        if entry.1 == 0 {
+            // iptables-save moves addresses and protocol ahead of the matches: look for the comment anywhere.
+            let spec = rule.spec.as_str();
+            entry.0 = ["--comment \"", "--comment "]
+                .iter()
+                .find_map(|p| spec.find(&format!("{p}{HASH_MARK}")).map(|at| at + p.len() + HASH_MARK.len()))
+                .and_then(|at| spec.get(at..at + 16))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        }
+        entry.1 += 1;
+    }
+    out
 }
 
 /// What the kernel holds for one family, as we wrote it.
@@ -88,7 +128,8 @@ fn index(table: Table) -> usize {
 }
 
 /// The input that makes the kernel hold exactly our rules for `ports`, whatever it held before (`saved`, all
-/// tables of this backend and family): every chain of ours is declared (so flushed) and refilled, the jumps
+/// tables of this backend and family): every chain of ours is declared (so flushed) and refilled — except
+/// per-service chains whose saved digest and rule count show they already hold their rules — the jumps
 /// from the built-in chains are replaced, and kube-proxy chains we no longer need (ours, or upstream's from a
 /// previous owner of the node) are deleted. One input, so one atomic change per table.
 pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) -> (String, Applied) {
@@ -103,6 +144,7 @@ pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) ->
     for (table, chain, spec) in config.static_rules() {
         tables[index(table)].append(chain, &spec);
     }
+    let current = saved_chains(saved);
     let mut applied = HashMap::with_capacity(ports.ports.len());
     let mut sorted: Vec<_> = ports.ports.iter().collect();
     // A stable order keeps the input reproducible (and diffable when debugging).
@@ -114,11 +156,13 @@ pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) ->
         }
         let nat = &mut tables[index(Table::Nat)];
         for (chain, chain_rules) in &rules.chains {
-            nat.declare(chain);
             ours[index(Table::Nat)].insert(chain.clone());
-            for spec in chain_rules {
-                nat.append(chain, spec);
+            let hash = rules_hash(chain_rules);
+            if current.get(chain.as_str()) == Some(&(Some(hash), chain_rules.len())) {
+                continue;
             }
+            nat.declare(chain);
+            append_chain(nat, chain, chain_rules, hash);
         }
         applied.insert(name.clone(), AppliedPort::of(rules));
     }
@@ -183,13 +227,12 @@ pub fn partial(applied: &mut Applied, ports: &FamilyState, changed: &BTreeSet<Se
         let mut kept = HashSet::new();
         for (chain, rules) in new.iter().flat_map(|n| &n.chains) {
             kept.insert(chain.as_str());
-            if old_chains.get(chain.as_str()) == Some(&rules_hash(rules)) {
+            let hash = rules_hash(rules);
+            if old_chains.get(chain.as_str()) == Some(&hash) {
                 continue;
             }
             nat.declare(chain);
-            for spec in rules {
-                nat.append(chain, spec);
-            }
+            append_chain(nat, chain, rules, hash);
         }
         for chain in old_chains.keys().filter(|c| !kept.contains(*c)) {
             nat.declare(chain);
