@@ -99,10 +99,16 @@ impl IptablesDataplane {
         for table in Table::ALL {
             let argv = [program.as_str(), "--wait=5", "-t", table.name(), "-n", "-L", CANARY];
             let out = tool::run_installed(&argv, None).map_err(|e| DataplaneError::Unavailable(e.to_string()))?;
-            if !out.status.success() {
-                tracing::debug!(?family, table = table.name(), stderr = %out.stderr.trim(), "canary chain missing");
-                return Ok(false);
+            if out.status.success() {
+                continue;
             }
+            // Exit status 4 is a resource problem, typically the xtables lock held by another writer for longer
+            // than --wait: that says nothing about our rules, and must not cost a full rewrite.
+            if out.status.code() == Some(4) || out.stderr.contains("xtables lock") {
+                return Err(DataplaneError::Unavailable(format!("{program}: {}", out.stderr.trim())));
+            }
+            tracing::debug!(?family, table = table.name(), stderr = %out.stderr.trim(), "canary chain missing");
+            return Ok(false);
         }
         Ok(true)
     }
