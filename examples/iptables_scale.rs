@@ -65,6 +65,9 @@ fn main() {
         full.len() as f64 / 1e6,
         ms(generate)
     );
+    if let Ok(path) = std::env::var("KPR_DUMP_INPUT") {
+        std::fs::write(path, &full).expect("write the input");
+    }
     // One change: service 0's endpoints replaced. Another: a new service.
     let mut moved = ports.clone();
     moved[0] = service(0, endpoints, services * endpoints);
