@@ -321,6 +321,9 @@ fn run(size: usize, a: &Args) {
         first.as_secs_f64()
     );
     println!("resident memory after first sync: {:>8.1} MiB", rss_first);
+    // jemalloc's background thread hands the sync's transient memory back within about a second.
+    std::thread::sleep(Duration::from_secs(2));
+    println!("resident memory 2 s later:        {:>8.1} MiB", measure::rss_mib(p.id()));
     let (rate_large, ct_large, ct_large_end) = fair_rate(&lab, &p, probe, a.rate_seconds);
     println!(
         "  conntrack entries in the node namespace, start → end of the first rate runs: {ct_small} → {ct_small_end} \
