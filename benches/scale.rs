@@ -71,6 +71,8 @@ struct Args {
     endpoints: usize,
     churn_seconds: u64,
     rate_seconds: u64,
+    /// Pairs of connection-rate measurements (10 services, then N).
+    rate_rounds: usize,
     proxy_args: Vec<String>,
     /// Stop after the first sync and keep the directory and the proxy's log (for profiling start-up).
     first_sync_only: bool,
@@ -83,6 +85,7 @@ fn args() -> Args {
         endpoints: 10,
         churn_seconds: 60,
         rate_seconds: 5,
+        rate_rounds: 3,
         proxy_args: vec![],
         first_sync_only: false,
     };
@@ -94,6 +97,7 @@ fn args() -> Args {
             "--endpoints" => a.endpoints = it.next().unwrap().parse().unwrap(),
             "--churn-seconds" => a.churn_seconds = it.next().unwrap().parse().unwrap(),
             "--rate-seconds" => a.rate_seconds = it.next().unwrap().parse().unwrap(),
+            "--rate-rounds" => a.rate_rounds = it.next().unwrap().parse().unwrap(),
             "--proxy-arg" => a.proxy_args.push(it.next().unwrap()),
             "--first-sync-only" => a.first_sync_only = true,
             "--bench" => {}
@@ -259,6 +263,16 @@ fn wait_applied(node_ns: &Netns, p: &Child, since: f64) {
     .expect("directory change applied");
 }
 
+/// The median, the mean of the middle two for an even count.
+fn median_mean(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -299,6 +313,7 @@ fn run(size: usize, a: &Args) {
     let m = measure::metrics(node_ns).unwrap();
     let cold_full = m.full_sum;
     let rss_first = measure::rss_mib(p.id());
+    let (user_first, sys_first) = measure::cpu_split(p.id());
     if a.first_sync_only {
         std::thread::sleep(Duration::from_secs(3));
         println!("RSS 3 s later: {:.1} MiB", measure::rss_mib(p.id()));
@@ -319,6 +334,9 @@ fn run(size: usize, a: &Args) {
         m.last_sync - cold_full - started_wall,
         m.last_sync - started_wall,
         first.as_secs_f64()
+    );
+    println!(
+        "  proxy CPU until then: {user_first:.2} s user (parsing, building, encoding), {sys_first:.2} s system (kernel)"
     );
     println!("resident memory after first sync: {:>8.1} MiB", rss_first);
     // jemalloc's background thread hands the sync's transient memory back within about a second.
@@ -378,9 +396,9 @@ fn run(size: usize, a: &Args) {
         restart_full / floor
     );
 
-    // The rates a second time, in the opposite order (10 services after N), so that a drift of the shared
-    // machine's load between the two runs does not read as a difference between rulesets: the N services' files
-    // are moved out of the directory (the proxy removes them with partial syncs), then back.
+    // The rates again, `--rate-rounds` pairs in all, each pair 10 then N (the N services' files moved out of the
+    // directory, the proxy removing them with partial syncs, then back), so that a drift of the shared machine's
+    // load does not read as a difference between rulesets. Medians of each side.
     let parked = root.join("parked");
     std::fs::create_dir_all(&parked).unwrap();
     let bench_files: Vec<_> = std::fs::read_dir(&dir)
@@ -390,20 +408,27 @@ fn run(size: usize, a: &Args) {
         .collect();
     let keep = generate::file_name(0); // services 0..8: the baseline's 10 services (with probe and flip)
     let moved: Vec<_> = bench_files.iter().filter(|n| **n != *keep).collect();
-    for n in &moved {
-        std::fs::rename(dir.join(n), parked.join(n)).unwrap();
+    let (mut smalls, mut larges) = (vec![rate_small], vec![rate_large]);
+    let mut order = format!("10: {rate_small:.0}, {size}: {rate_large:.0}");
+    for _ in 1..a.rate_rounds {
+        for n in &moved {
+            std::fs::rename(dir.join(n), parked.join(n)).unwrap();
+        }
+        wait_applied(node_ns, &p, epoch_now());
+        let (s, _, _) = fair_rate(&lab, &p, probe, a.rate_seconds);
+        for n in &moved {
+            std::fs::rename(parked.join(n), dir.join(n)).unwrap();
+        }
+        wait_applied(node_ns, &p, epoch_now());
+        let (l, _, _) = fair_rate(&lab, &p, probe, a.rate_seconds);
+        order += &format!(", 10: {s:.0}, {size}: {l:.0}");
+        smalls.push(s);
+        larges.push(l);
     }
-    wait_applied(node_ns, &p, epoch_now());
-    let (rate_small2, _, _) = fair_rate(&lab, &p, probe, a.rate_seconds);
-    for n in &moved {
-        std::fs::rename(parked.join(n), dir.join(n)).unwrap();
-    }
-    wait_applied(node_ns, &p, epoch_now());
-    let (rate_large2, _, _) = fair_rate(&lab, &p, probe, a.rate_seconds);
-    let (small, large) = ((rate_small + rate_small2) / 2.0, (rate_large + rate_large2) / 2.0);
+    let (small, large) = (median_mean(&mut smalls), median_mean(&mut larges));
     println!(
-        "new connections/s via ClusterIP:  {small:>8.0} at 10 services, {large:.0} at {size} ({:.2}×); \
-         in run order 10: {rate_small:.0}, {size}: {rate_large:.0}, 10: {rate_small2:.0}, {size}: {rate_large2:.0}",
+        "new connections/s via ClusterIP:  {small:>8.0} at 10 services, {large:.0} at {size} ({:.2}×, medians); \
+         in run order {order}",
         large / small
     );
 

@@ -100,6 +100,19 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     rest.split_whitespace().skip(11).take(4).filter_map(|v| v.parse::<u64>().ok()).sum()
 }
 
+/// CPU time of a process so far, (user, system) in seconds, its reaped children's included. The proxy's system
+/// time is mostly the kernel checking and committing its netlink transactions (and reading the manifests).
+pub fn cpu_split(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(4).filter_map(|v| v.parse().ok()).collect();
+    let tick = 100.0; // /proc counts in USER_HZ, 100 on Linux whatever the kernel's HZ
+    match f[..] {
+        [u, s, cu, cs] => ((u + cu) as f64 / tick, (s + cs) as f64 / tick),
+        _ => (f64::NAN, f64::NAN),
+    }
+}
+
 /// Wait until the process has used at most one clock tick of CPU in 500 ms (so that work after a sync, such as
 /// removing other modes' leftovers, does not share the CPU with a measurement). Samples at least once; returns
 /// false when `limit` has passed.
