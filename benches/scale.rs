@@ -335,9 +335,7 @@ fn run(size: usize, a: &Args) {
         m.last_sync - started_wall,
         first.as_secs_f64()
     );
-    println!(
-        "  proxy CPU until then: {user_first:.2} s user (parsing, building, encoding), {sys_first:.2} s system (kernel)"
-    );
+    println!("  proxy CPU until then: {user_first:.2} s user, {sys_first:.2} s system (helper processes included)");
     println!("resident memory after first sync: {:>8.1} MiB", rss_first);
     // jemalloc's background thread hands the sync's transient memory back within about a second.
     std::thread::sleep(Duration::from_secs(2));
