@@ -350,6 +350,8 @@ fn run(size: usize, a: &Args) {
     let mut latencies = Vec::new();
     let mut to_metric = Vec::new();
     let mut partials = Vec::new();
+    measure::wait_idle(p.id(), Duration::from_secs(30));
+    let cpu_before = measure::cpu_split(p.id());
     for (i, pod) in ["b", "a", "b", "a", "b"].iter().enumerate() {
         let before = measure::metrics(node_ns).unwrap();
         let written = epoch_now();
@@ -366,6 +368,7 @@ fn run(size: usize, a: &Args) {
             to_metric.push(after.last_sync - written);
         }
     }
+    let cpu_after = measure::cpu_split(p.id());
     let n_partials = partials.len();
     println!("one slice changed: sync (metric)  {:>8.1} ms median of {n_partials}", median(&mut partials) * 1e3);
     println!(
@@ -374,6 +377,13 @@ fn run(size: usize, a: &Args) {
         median(&mut latencies) * 1e3,
         latencies.len(),
         median(&mut to_metric) * 1e3
+    );
+    // Where a change's time goes: the proxy's own work (user) or the kernel's (system), per change (10 ms ticks,
+    // so only a rough split; metrics scraping is included).
+    println!(
+        "  proxy CPU per change: {:.1} ms user, {:.1} ms system",
+        (cpu_after.0 - cpu_before.0) / 5.0 * 1e3,
+        (cpu_after.1 - cpu_before.1) / 5.0 * 1e3
     );
 
     // Restart with the rules in place.
