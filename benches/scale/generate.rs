@@ -32,6 +32,11 @@ pub fn service_docs(i: usize, endpoints: usize, node: &str, out: &mut String) {
     let _ = write!(out, "{}---\n{}---\n", svc.yaml(), to_yaml(&slice));
 }
 
+/// The file that holds the services from `start` on.
+pub fn file_name(start: usize) -> std::ffi::OsString {
+    format!("bench-{start:06}.yaml").into()
+}
+
 /// Write services `range` into `dir`, 100 to a file. Returns the bytes written.
 pub fn write_services(dir: &Path, range: std::ops::Range<usize>, endpoints: usize, node: &str) -> usize {
     let mut total = 0;
@@ -45,7 +50,7 @@ pub fn write_services(dir: &Path, range: std::ops::Range<usize>, endpoints: usiz
         total += text.len();
         let tmp = dir.join(format!(".bench-{start}.tmp"));
         std::fs::write(&tmp, text).expect("write manifests");
-        std::fs::rename(&tmp, dir.join(format!("bench-{start:06}.yaml"))).expect("rename manifests");
+        std::fs::rename(&tmp, dir.join(file_name(start))).expect("rename manifests");
         start = end;
     }
     total

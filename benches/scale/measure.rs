@@ -92,6 +92,61 @@ pub fn connection_rate(netns: &Netns, target: SocketAddr, workers: usize, second
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU time (user + system, the reaped children's included) of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3; utime..cstime are fields 14..17.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace().skip(11).take(4).filter_map(|v| v.parse::<u64>().ok()).sum()
+}
+
+/// CPU time of a process so far, (user, system) in seconds, its reaped children's included. The proxy's system
+/// time is mostly the kernel checking and committing its netlink transactions (and reading the manifests).
+pub fn cpu_split(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(4).filter_map(|v| v.parse().ok()).collect();
+    let tick = 100.0; // /proc counts in USER_HZ, 100 on Linux whatever the kernel's HZ
+    match f[..] {
+        [u, s, cu, cs] => ((u + cu) as f64 / tick, (s + cs) as f64 / tick),
+        _ => (f64::NAN, f64::NAN),
+    }
+}
+
+/// Wait until the process has used at most one clock tick of CPU in 500 ms (so that work after a sync, such as
+/// removing other modes' leftovers, does not share the CPU with a measurement). Samples at least once; returns
+/// false when `limit` has passed.
+pub fn wait_idle(pid: u32, limit: Duration) -> bool {
+    let start = Instant::now();
+    let mut last = cpu_ticks(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = cpu_ticks(pid);
+        if now.saturating_sub(last) <= 1 {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        last = now;
+    }
+}
+
+/// Entries in the conntrack table of a namespace.
+pub fn conntrack_count(netns: &Netns) -> u64 {
+    netns.run(&["conntrack", "-C"]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Empty the conntrack table of each namespace (both families), so that measurements start from the same table.
+pub fn conntrack_flush(namespaces: &[&Netns]) {
+    for ns in namespaces {
+        for family in ["ipv4", "ipv6"] {
+            // Exit status 1 with "0 flow entries" is not an error worth reporting; the count below tells.
+            let _ = ns.exec(&["conntrack", "-F", "-f", family]);
+        }
+    }
+}
+
 /// Wait until `f` holds, polling; returns how long it took.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
