@@ -11,6 +11,10 @@ use crate::dataplane::settings::ProxySettings;
 use crate::dataplane::{Dataplane, DataplaneError, Running, SyncKind};
 use crate::model::IpFamily;
 
+/// 100 service ports (about 1,100 chains at 10 endpoints each) per input: 1,000 services load in 1.31 s in
+/// batches of 100, 1.33 s in batches of 50, 9.6 s in one input (examples/iptables_scale).
+const NEW_CHAIN_BATCH: usize = 100;
+
 struct FamilyRules {
     family: IpFamily,
     /// What the kernel holds, or `None` when unknown (start-up, after a failure): the next sync is full.
@@ -45,6 +49,15 @@ impl IptablesDataplane {
             // The iptables mode's default is every local address, as upstream's.
             nodeport_ips: self.settings.nodeport_addresses.addresses(family, node, false),
             node_ips: node.addresses_of(family).collect(),
+        }
+    }
+
+    /// Service ports per batch of new chains: on the nft backend, where one big `--noflush` input costs time
+    /// quadratic in its size; the legacy backend rewrites the whole table per input, so one input is cheapest.
+    fn new_chain_batch(&self) -> Option<usize> {
+        match self.backend {
+            Backend::Nft => Some(NEW_CHAIN_BATCH),
+            Backend::Legacy => None,
         }
     }
 
@@ -87,8 +100,11 @@ impl IptablesDataplane {
         }
         self.families[i].applied = None;
         let saved = self.read(family)?;
-        let (input, applied) = restore::full(&config, ports, &saved);
-        self.restore(family, &input)?;
+        let (input, applied) = restore::full(&config, ports, &saved, self.new_chain_batch());
+        for batch in &input.new_chains {
+            self.restore(family, batch)?;
+        }
+        self.restore(family, &input.main)?;
         self.families[i].applied = Some(applied);
         Ok(SyncKind::Full)
     }

@@ -68,8 +68,13 @@ fn partial_syncs_converge_to_the_full_sync_of_the_same_state() {
             state(&[port("a", "10.96.0.10", &[]), with_node_port]),
         ];
         for backend in Backend::ALL {
-            let (input, mut applied) = restore::full(&config(), &states[0], &read(backend));
-            apply(backend, &input);
+            // Batches of one service port, so that the first state's chains come in several inputs.
+            let (input, mut applied) = restore::full(&config(), &states[0], &read(backend), Some(1));
+            assert_eq!(input.new_chains.len(), 2, "one batch per service port");
+            for batch in &input.new_chains {
+                apply(backend, batch);
+            }
+            apply(backend, &input.main);
             for (before, after) in states.iter().zip(&states[1..]) {
                 let changed: BTreeSet<_> = before.ports.keys().chain(after.ports.keys()).cloned().collect();
                 let input = restore::partial(&mut applied, after, &changed).expect("something changed");
@@ -77,12 +82,14 @@ fn partial_syncs_converge_to_the_full_sync_of_the_same_state() {
             }
             let partial = read(backend);
             assert!(last_services_rule(&partial).ends_with("-j KUBE-NODEPORTS"), "{backend:?}: NodePorts last");
-            let (input, _) = restore::full(&config(), states.last().unwrap(), &partial);
-            apply(backend, &input);
+            let (input, _) = restore::full(&config(), states.last().unwrap(), &partial, None);
+            apply(backend, &input.main);
             let full = read(backend);
             assert_eq!(shape(&partial), shape(&full), "{backend:?}");
             // A full sync over rules that are already right (a restart) leaves the per-service chains alone.
-            let (input, _) = restore::full(&config(), states.last().unwrap(), &full);
+            let (input, _) = restore::full(&config(), states.last().unwrap(), &full, Some(1));
+            assert!(input.new_chains.is_empty(), "{backend:?}: nothing is new");
+            let input = input.main;
             assert!(!input.contains(":KUBE-SVC-") && !input.contains(":KUBE-SEP-"), "{backend:?}:\n{input}");
             apply(backend, &input);
             assert_eq!(shape(&read(backend)), shape(&full), "{backend:?}");

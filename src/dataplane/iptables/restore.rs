@@ -127,12 +127,30 @@ fn index(table: Table) -> usize {
     table as usize
 }
 
+/// A full sync's inputs, applied in order.
+#[derive(Clone, Debug, Default)]
+pub struct FullInput {
+    /// Per-service chains that do not exist yet, with their rules, a batch of service ports each. Nothing
+    /// refers to them until `main` is applied, so loading them in several transactions changes no traffic.
+    pub new_chains: Vec<String>,
+    /// Everything else, in one input: the moment the new rules take effect, atomically.
+    pub main: String,
+}
+
 /// The input that makes the kernel hold exactly our rules for `ports`, whatever it held before (`saved`, all
 /// tables of this backend and family): every chain of ours is declared (so flushed) and refilled — except
 /// per-service chains whose saved digest and rule count show they already hold their rules — the jumps
 /// from the built-in chains are replaced, and kube-proxy chains we no longer need (ours, or upstream's from a
-/// previous owner of the node) are deleted. One input, so one atomic change per table.
-pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) -> (String, Applied) {
+/// previous owner of the node) are deleted. One input, so one atomic change per table; except that with
+/// `new_chain_batch`, chains that do not exist yet are created beforehand in batches of that many service ports
+/// (see [`FullInput`]): `iptables-nft-restore --noflush` (1.8.9) takes time quadratic in the size of one input,
+/// 9.6 s for 1,000 services in one against 1.3 s in batches of 100.
+pub fn full(
+    config: &RulesConfig,
+    ports: &FamilyState,
+    saved: &[save::Table],
+    new_chain_batch: Option<usize>,
+) -> (FullInput, Applied) {
     let mut tables: [TableInput; 3] = Default::default();
     let mut ours: [HashSet<String>; 3] = Default::default();
     for table in Table::ALL {
@@ -145,6 +163,18 @@ pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) ->
         tables[index(table)].append(chain, &spec);
     }
     let current = saved_chains(saved);
+    let existing: HashSet<&str> = saved
+        .iter()
+        .filter(|t| t.name == Table::Nat.name())
+        .flat_map(|t| t.chains.iter().map(|c| c.name.as_str()))
+        .collect();
+    let mut batches = Vec::new();
+    let mut batch = TableInput::default();
+    if !existing.contains(super::layout::MARK_MASQ) {
+        // New chains jump to it; the main input fills it.
+        batch.declare(super::layout::MARK_MASQ);
+    }
+    let mut batched_ports = 0;
     let mut applied = HashMap::with_capacity(ports.ports.len());
     let mut sorted: Vec<_> = ports.ports.iter().collect();
     // A stable order keeps the input reproducible (and diffable when debugging).
@@ -154,15 +184,30 @@ pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) ->
         for r in &rules.shared {
             tables[index(r.table)].append(r.chain, &r.spec);
         }
-        let nat = &mut tables[index(Table::Nat)];
+        let mut in_batch = false;
         for (chain, chain_rules) in &rules.chains {
             ours[index(Table::Nat)].insert(chain.clone());
             let hash = rules_hash(chain_rules);
             if current.get(chain.as_str()) == Some(&(Some(hash), chain_rules.len())) {
                 continue;
             }
-            nat.declare(chain);
-            append_chain(nat, chain, chain_rules, hash);
+            let input = if new_chain_batch.is_some() && !existing.contains(chain.as_str()) {
+                in_batch = true;
+                &mut batch
+            } else {
+                &mut tables[index(Table::Nat)]
+            };
+            input.declare(chain);
+            append_chain(input, chain, chain_rules, hash);
+        }
+        if in_batch {
+            batched_ports += 1;
+            if Some(batched_ports) == new_chain_batch {
+                let mut text = String::new();
+                std::mem::take(&mut batch).write_to(Table::Nat, &mut text);
+                batches.push(text);
+                batched_ports = 0;
+            }
         }
         applied.insert(name.clone(), AppliedPort::of(rules));
     }
@@ -179,11 +224,16 @@ pub fn full(config: &RulesConfig, ports: &FamilyState, saved: &[save::Table]) ->
             let _ = writeln!(input.rules, "-I {} 1 {}", jump.builtin, jump.spec);
         }
     }
+    if batched_ports > 0 {
+        let mut text = String::new();
+        batch.write_to(Table::Nat, &mut text);
+        batches.push(text);
+    }
     let mut text = String::new();
     for table in Table::ALL {
         tables[index(table)].write_to(table, &mut text);
     }
-    (text, Applied { config: config.clone(), ports: applied })
+    (FullInput { new_chains: batches, main: text }, Applied { config: config.clone(), ports: applied })
 }
 
 /// Delete the built-in chains' jumps to kube-proxy chains (ours are re-added), and the kube-proxy chains that

@@ -112,7 +112,8 @@ fn full_replaces_jumps_and_removes_leftover_chains_but_nothing_foreign() {
     )
     .unwrap();
     let p = port("web", "10.96.0.10", &["10.244.1.1"]);
-    let (text, applied) = restore::full(&config(), &state(&[p]), &saved);
+    let (input, applied) = restore::full(&config(), &state(&[p]), &saved, None);
+    let text = input.main;
     assert_eq!(applied.port_count(), 1);
     let nat = &text[..text.find("COMMIT").unwrap()];
     assert_eq!(
@@ -131,7 +132,7 @@ fn full_replaces_jumps_and_removes_leftover_chains_but_nothing_foreign() {
 fn partial_touches_only_what_changed() {
     let a = port("a", "10.96.0.10", &["10.244.1.1", "10.244.1.2"]);
     let b = port("b", "10.96.0.11", &["10.244.2.1"]);
-    let (_, mut applied) = restore::full(&config(), &state(&[a.clone(), b.clone()]), &[]);
+    let (_, mut applied) = restore::full(&config(), &state(&[a.clone(), b.clone()]), &[], None);
     let changed = |names: &[&ServicePort]| names.iter().map(|p| p.name.clone()).collect::<BTreeSet<_>>();
     let names = PortChains::of(&a.name);
 
