@@ -99,12 +99,19 @@ impl IptablesDataplane {
             return Ok(SyncKind::Partial);
         }
         self.families[i].applied = None;
+        let started = std::time::Instant::now();
         let saved = self.read(family)?;
+        let read = started.elapsed();
         let (input, applied) = restore::full(&config, ports, &saved, self.new_chain_batch());
+        let generated = started.elapsed();
         for batch in &input.new_chains {
             self.restore(family, batch)?;
         }
         self.restore(family, &input.main)?;
+        tracing::debug!(
+            ?family, ?read, generate = ?(generated - read), restore = ?(started.elapsed() - generated),
+            batches = input.new_chains.len(), main_bytes = input.main.len(), "iptables full sync"
+        );
         self.families[i].applied = Some(applied);
         Ok(SyncKind::Full)
     }
@@ -151,7 +158,9 @@ impl Dataplane for IptablesDataplane {
         }
         if !self.took_over {
             self.took_over = true;
+            let started = std::time::Instant::now();
             crate::dataplane::remove_other_modes_leftovers(Running::Iptables(self.backend), &self.settings);
+            tracing::debug!(took = ?started.elapsed(), "other modes' leftovers removed");
         }
         Ok(kind)
     }
