@@ -76,7 +76,11 @@ fn main() {
     let mut grown = moved.clone();
     grown.push(service(services, endpoints, (services + 1) * endpoints));
     let added: BTreeSet<ServicePortName> = [grown[services as usize].name.clone()].into();
-    let steps: Vec<(FamilyState, BTreeSet<ServicePortName>)> = vec![(state(moved), one), (state(grown), added)];
+    // And half the services deleted at once (a namespace going away).
+    let half = grown[..services as usize / 2].to_vec();
+    let gone: BTreeSet<ServicePortName> = grown[services as usize / 2..].iter().map(|p| p.name.clone()).collect();
+    let steps: Vec<(FamilyState, BTreeSet<ServicePortName>)> =
+        vec![(state(moved), one), (state(grown), added), (state(half), gone)];
 
     for backend in backends {
         let (full, mut applied, steps) = (full.clone(), applied.clone(), steps.clone());
@@ -113,16 +117,18 @@ fn main() {
                 .iter()
                 .map(|(desired, changed)| {
                     let start = Instant::now();
-                    let input = restore::partial(&mut applied, desired, changed).expect("a change");
+                    let batch = (backend == "nft").then_some(100);
+                    let inputs = restore::partial(&mut applied, desired, changed, batch).expect("a change");
                     let generate = start.elapsed();
-                    (generate, timed(&ours, &input))
+                    let apply = inputs.in_order().filter(|i| !i.is_empty()).map(|i| timed(&ours, i)).sum();
+                    (generate, apply)
                 })
                 .collect();
             println!(
                 "  {backend}: iptables-restore of the full input into an empty namespace (the floor) {}; the mode's \
                  cold full sync (generate + {} --noflush inputs) {}, ratio {:.2}; replayed over itself {}; a full \
                  sync over existing rules (read + generate + restore) {}; one slice changed {} + {} generating; a \
-                 new service {}; a no-op change {}",
+                 new service {}; half the services removed {}; a no-op change {}",
                 ms(floor),
                 cold_input.new_chains.len() + 1,
                 ms(cold),
@@ -132,6 +138,7 @@ fn main() {
                 ms(times[0].1),
                 ms(times[0].0),
                 ms(times[1].1),
+                ms(times[2].1),
                 ms(noop),
             );
         })

@@ -52,13 +52,20 @@ impl IptablesDataplane {
         }
     }
 
-    /// Service ports per batch of new chains: on the nft backend, where one big `--noflush` input costs time
-    /// quadratic in its size; the legacy backend rewrites the whole table per input, so one input is cheapest.
-    fn new_chain_batch(&self) -> Option<usize> {
+    /// Service ports per batch of new or dead chains: on the nft backend, where one big `--noflush` input costs
+    /// time quadratic in its size; the legacy backend rewrites the whole table per input, so one input is cheapest.
+    fn batch(&self) -> Option<usize> {
         match self.backend {
             Backend::Nft => Some(NEW_CHAIN_BATCH),
             Backend::Legacy => None,
         }
+    }
+
+    fn apply(&self, family: IpFamily, inputs: &restore::Inputs) -> Result<(), IptablesError> {
+        for input in inputs.in_order().filter(|i| !i.is_empty()) {
+            self.restore(family, input)?;
+        }
+        Ok(())
     }
 
     fn restore(&self, family: IpFamily, input: &str) -> Result<(), IptablesError> {
@@ -86,13 +93,14 @@ impl IptablesDataplane {
         let family = self.families[i].family;
         let config = self.config(family, &desired.node);
         let ports = desired.family(family);
+        let batch = self.batch();
         if let Some(applied) = self.families[i].applied.as_mut().filter(|a| !full && a.config == config) {
             // `partial` brings `applied` up to date as if the restore succeeds; it is forgotten if not.
-            let Some(input) = restore::partial(applied, ports, changes.ports(family)) else {
+            let Some(inputs) = restore::partial(applied, ports, changes.ports(family), batch) else {
                 return Ok(SyncKind::Nothing);
             };
-            tracing::trace!(?family, input = %input, "iptables partial restore");
-            if let Err(e) = self.restore(family, &input) {
+            tracing::trace!(?family, ?inputs, "iptables partial restore");
+            if let Err(e) = self.apply(family, &inputs) {
                 self.families[i].applied = None;
                 return Err(e);
             }
@@ -102,12 +110,9 @@ impl IptablesDataplane {
         let started = std::time::Instant::now();
         let saved = self.read(family)?;
         let read = started.elapsed();
-        let (input, applied) = restore::full(&config, ports, &saved, self.new_chain_batch());
+        let (input, applied) = restore::full(&config, ports, &saved, batch);
         let generated = started.elapsed();
-        for batch in &input.new_chains {
-            self.restore(family, batch)?;
-        }
-        self.restore(family, &input.main)?;
+        self.apply(family, &input)?;
         tracing::debug!(
             ?family, ?read, generate = ?(generated - read), restore = ?(started.elapsed() - generated),
             batches = input.new_chains.len(), main_bytes = input.main.len(), "iptables full sync"

@@ -20,6 +20,12 @@ fn apply(backend: Backend, input: &str) {
         .unwrap_or_else(|e| panic!("{backend:?}: {e}\n{input}"));
 }
 
+fn apply_all(backend: Backend, inputs: &restore::Inputs) {
+    for input in inputs.in_order().filter(|i| !i.is_empty()) {
+        apply(backend, input);
+    }
+}
+
 fn read(backend: Backend) -> Vec<save::Table> {
     let program = backend.program(IpFamily::V4, "save");
     save::parse(&program, &run_required(&[&program], None).unwrap().stdout).unwrap()
@@ -71,14 +77,12 @@ fn partial_syncs_converge_to_the_full_sync_of_the_same_state() {
             // Batches of one service port, so that the first state's chains come in several inputs.
             let (input, mut applied) = restore::full(&config(), &states[0], &read(backend), Some(1));
             assert_eq!(input.new_chains.len(), 2, "one batch per service port");
-            for batch in &input.new_chains {
-                apply(backend, batch);
-            }
-            apply(backend, &input.main);
+            apply_all(backend, &input);
             for (before, after) in states.iter().zip(&states[1..]) {
                 let changed: BTreeSet<_> = before.ports.keys().chain(after.ports.keys()).cloned().collect();
-                let input = restore::partial(&mut applied, after, &changed).expect("something changed");
-                apply(backend, &input);
+                // Batches of one service port here too: new chains before, dead ones after the main input.
+                let input = restore::partial(&mut applied, after, &changed, Some(1)).expect("something changed");
+                apply_all(backend, &input);
             }
             let partial = read(backend);
             assert!(last_services_rule(&partial).ends_with("-j KUBE-NODEPORTS"), "{backend:?}: NodePorts last");

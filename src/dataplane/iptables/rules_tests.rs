@@ -137,12 +137,12 @@ fn partial_touches_only_what_changed() {
     let names = PortChains::of(&a.name);
 
     // Nothing really changed: nothing to send.
-    assert_eq!(restore::partial(&mut applied, &state(&[a.clone(), b.clone()]), &changed(&[&a])), None);
+    assert_eq!(restore::partial(&mut applied, &state(&[a.clone(), b.clone()]), &changed(&[&a]), None), None);
 
     // An endpoint replaced: the service chain is rewritten, the new endpoint chain created, the old one deleted;
     // KUBE-SERVICES and the unchanged endpoint's chain are left alone.
     let a2 = port("a", "10.96.0.10", &["10.244.1.1", "10.244.1.3"]);
-    let text = restore::partial(&mut applied, &state(&[a2.clone(), b.clone()]), &changed(&[&a2])).unwrap();
+    let text = restore::partial(&mut applied, &state(&[a2.clone(), b.clone()]), &changed(&[&a2]), None).unwrap().main;
     let old = names.sep(&a.cluster_endpoints[1]);
     let new = names.sep(&a2.cluster_endpoints[1]);
     let kept = names.sep(&a.cluster_endpoints[0]);
@@ -155,12 +155,31 @@ fn partial_touches_only_what_changed() {
     assert!(!text.contains("KUBE-SERVICES") && !text.contains("*filter"), "{text}");
 
     // The service goes: its KUBE-SERVICES rule is deleted by its exact text, its chains deleted.
-    let text = restore::partial(&mut applied, &state(std::slice::from_ref(&b)), &changed(&[&a2])).unwrap();
+    let text = restore::partial(&mut applied, &state(std::slice::from_ref(&b)), &changed(&[&a2]), None).unwrap().main;
     assert_eq!(lines_of(&text, "-D KUBE-SERVICES").len(), 1);
     assert_eq!(lines_of(&text, "-X ").len(), 3, "{text}");
     // And comes back with no endpoints: a REJECT in filter, inserted.
     let gone = port("a", "10.96.0.10", &[]);
-    let text = restore::partial(&mut applied, &state(&[gone.clone(), b]), &changed(&[&gone])).unwrap();
+    let text = restore::partial(&mut applied, &state(&[gone.clone(), b]), &changed(&[&gone]), None).unwrap().main;
     assert!(text.starts_with("*filter\n-I KUBE-SERVICES 1 "), "{text}");
     assert_eq!(applied.port_count(), 2);
+}
+
+#[test]
+fn batched_partial_creates_chains_before_and_deletes_them_after_the_switch() {
+    let ports: Vec<ServicePort> =
+        (0..5).map(|i| port(&format!("s{i}"), &format!("10.96.0.{}", 10 + i), &["10.244.1.1", "10.244.1.2"])).collect();
+    let (_, mut applied) = restore::full(&config(), &state(&ports[..2]), &[], Some(2));
+    let all: BTreeSet<_> = ports.iter().map(|p| p.name.clone()).collect();
+    // Three new services, two removed: new chains in batches of two ports, dead chains in one batch.
+    let inputs = restore::partial(&mut applied, &state(&ports[2..]), &all, Some(2)).unwrap();
+    assert_eq!(inputs.new_chains.len(), 2, "3 ports in batches of 2");
+    assert_eq!(inputs.dead_chains.len(), 1);
+    assert!(!inputs.main.contains(":KUBE-S"), "the main input only switches rules:\n{}", inputs.main);
+    assert_eq!(lines_of(&inputs.main, "-D KUBE-SERVICES").len(), 2);
+    assert_eq!(lines_of(&inputs.main, "-I KUBE-SERVICES 1").len(), 3);
+    assert_eq!(lines_of(&inputs.dead_chains[0], "-X ").len(), 6, "two services × (service chain + 2 endpoints)");
+    let order: Vec<&str> = inputs.in_order().collect();
+    assert_eq!(order.len(), 4);
+    assert_eq!(order[2], inputs.main);
 }
