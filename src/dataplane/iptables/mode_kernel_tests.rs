@@ -80,7 +80,8 @@ fn partial_syncs_converge_to_the_full_sync_of_the_same_state() {
             apply_all(backend, &input);
             for (before, after) in states.iter().zip(&states[1..]) {
                 let changed: BTreeSet<_> = before.ports.keys().chain(after.ports.keys()).cloned().collect();
-                // Batches of one service port here too: new chains before, dead ones after the main input.
+                // Batches of one service port here too (the changes are bigger than one): new chains before, dead
+                // ones after the main input.
                 let input = restore::partial(&mut applied, after, &changed, Some(1)).expect("something changed");
                 apply_all(backend, &input);
             }

@@ -183,3 +183,15 @@ fn batched_partial_creates_chains_before_and_deletes_them_after_the_switch() {
     assert_eq!(order.len(), 4);
     assert_eq!(order[2], inputs.main);
 }
+
+#[test]
+fn a_small_change_stays_one_input() {
+    let a = port("a", "10.96.0.10", &["10.244.1.1"]);
+    let (_, mut applied) = restore::full(&config(), &state(std::slice::from_ref(&a)), &[], Some(100));
+    let moved = port("a", "10.96.0.10", &["10.244.1.2"]);
+    let inputs =
+        restore::partial(&mut applied, &state(std::slice::from_ref(&moved)), &[a.name.clone()].into(), Some(100))
+            .unwrap();
+    assert!(inputs.new_chains.is_empty() && inputs.dead_chains.is_empty(), "{inputs:?}");
+    assert!(inputs.main.contains("-X KUBE-SEP-"));
+}
