@@ -53,6 +53,7 @@ fn main() {
         local: LocalTraffic::Cidr("10.128.0.0/9".parse().unwrap()),
         nodeport_ips: None,
         node_ips: vec![],
+        drop_invalid: true,
     };
     let ports: Vec<ServicePort> = (0..services).map(|i| service(i, endpoints, i * endpoints)).collect();
     let desired = state(ports.clone());

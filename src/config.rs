@@ -199,6 +199,7 @@ impl Config {
             masquerade_all: self.masquerade_all,
             local_detection,
             nodeport_addresses: self.nodeport_addresses.clone(),
+            drop_invalid_forwarded: !self.conntrack.tcp_be_liberal,
         }
     }
 

@@ -189,6 +189,9 @@ fn node_setup_flags_are_parsed() {
     assert_eq!(c.oom_score_adj, -500);
     assert_eq!(parse(&["--oom-score-adj=1000"]).unwrap().oom_score_adj, 1000);
     assert!(!parse(&["--conntrack-tcp-be-liberal=false"]).unwrap().conntrack.tcp_be_liberal);
+    // Upstream drops conntrack-INVALID forwarded packets unless TCP tracking is liberal.
+    assert!(parse(&[]).unwrap().proxy_settings().drop_invalid_forwarded);
+    assert!(!parse(&["--conntrack-tcp-be-liberal=true"]).unwrap().proxy_settings().drop_invalid_forwarded);
 }
 
 #[test]

@@ -53,6 +53,9 @@ pub struct ProxySettings {
     pub masquerade_all: bool,
     pub local_detection: LocalDetection,
     pub nodeport_addresses: NodePortAddresses,
+    /// Drop forwarded packets conntrack calls INVALID (upstream does unless `--conntrack-tcp-be-liberal`): a
+    /// stray out-of-window packet would otherwise reach a pod un-NATed and get the connection reset.
+    pub drop_invalid_forwarded: bool,
 }
 
 impl ProxySettings {

@@ -157,7 +157,9 @@ pub fn api_outage_keeps_traffic_flowing(mode: Mode) {
     let later = sock(v4("10.96.1.9"), 80);
     api.resume().unwrap();
     publish(&c, &api, "later", 9, &["a"]);
-    eventually("new service after the outage", Duration::from_secs(30), || answers(&c, later));
+    // The watches retry with kube-rs's default back-off (as client-go's reflector: 0.8 s doubling to 30 s, plus
+    // jitter of up to as much again), so after a 60-s outage the next attempt may be up to a minute away.
+    eventually("new service after the outage", Duration::from_secs(70), || answers(&c, later));
     assert!(answers(&c, web));
     assert_eq!(
         c.metric("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),

@@ -49,6 +49,7 @@ impl IptablesDataplane {
             // The iptables mode's default is every local address, as upstream's.
             nodeport_ips: self.settings.nodeport_addresses.addresses(family, node, false),
             node_ips: node.addresses_of(family).collect(),
+            drop_invalid: self.settings.drop_invalid_forwarded,
         }
     }
 

@@ -21,6 +21,8 @@ pub struct RulesConfig {
     pub nodeport_ips: Option<Vec<IpAddr>>,
     /// The node's IPs of this family: a source range containing one lets the node reach its own LB IPs.
     pub node_ips: Vec<IpAddr>,
+    /// See [`crate::dataplane::settings::ProxySettings::drop_invalid_forwarded`].
+    pub drop_invalid: bool,
 }
 
 /// A rule in one of the shared chains (KUBE-SERVICES, KUBE-NODEPORTS, …) that belongs to one service port.
@@ -112,7 +114,11 @@ impl RulesConfig {
     /// Rules of the fixed chains (nat KUBE-SERVICES gets [`RulesConfig::services_tail`] after the ports' rules).
     pub fn static_rules(&self) -> Vec<(Table, &'static str, String)> {
         let m = self.mark();
-        vec![
+        let mut rules = Vec::new();
+        if self.drop_invalid {
+            rules.push((Table::Filter, FORWARD, "-m conntrack --ctstate INVALID -j DROP".to_string()));
+        }
+        rules.extend([
             (Table::Nat, POSTROUTING, format!("-m mark ! --mark {m}/{m} -j RETURN")),
             // The mark is cleared so that a packet re-entering the stack is not masqueraded twice.
             (Table::Nat, POSTROUTING, format!("-j MARK --xor-mark {m}")),
@@ -135,7 +141,8 @@ impl RulesConfig {
                     comment("kubernetes forwarding conntrack rule")
                 ),
             ),
-        ]
+        ]);
+        rules
     }
 
     /// The last rules of nat KUBE-SERVICES: NodePort traffic goes on to KUBE-NODEPORTS. Last, so that a service

@@ -20,6 +20,7 @@ pub(super) fn config() -> RulesConfig {
         local: LocalTraffic::Cidr("10.244.0.0/16".parse().unwrap()),
         nodeport_ips: None,
         node_ips: vec!["192.168.1.5".parse().unwrap()],
+        drop_invalid: true,
     }
 }
 
@@ -126,6 +127,8 @@ fn full_replaces_jumps_and_removes_leftover_chains_but_nothing_foreign() {
     let services = lines_of(nat, "-A KUBE-SERVICES ");
     assert!(services.last().unwrap().ends_with("--dst-type LOCAL -j KUBE-NODEPORTS"), "NodePorts last: {services:?}");
     assert!(text.contains("*filter\n") && text.contains("*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n"));
+    let forward = lines_of(&text, "-A KUBE-FORWARD ");
+    assert_eq!(forward[0], "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP", "first, as upstream: {forward:?}");
 }
 
 #[test]
