@@ -95,17 +95,19 @@ impl Runner {
 
     /// Run until the event channel closes. `sources` is how many `Synced` events to wait for.
     pub async fn run(mut self, mut events: mpsc::Receiver<SourceEvent>, sources: usize) {
-        let mut synced = 0;
+        let (mut synced, mut objects) = (0, 0);
         while synced < sources {
             match events.recv().await {
                 Some(SourceEvent::Synced) => synced += 1,
                 Some(event) => {
+                    objects += 1;
                     self.apply(event);
                 }
                 None => return,
             }
         }
-        tracing::info!(services = self.state.desired().port_count(), "sources synced; programming starts");
+        // (The desired state is computed at the first sync; until then only the events can be counted.)
+        tracing::info!(events = objects, "sources synced; programming starts");
         loop {
             let (due, reason) = self.pacer.next(Instant::now());
             tokio::select! {
