@@ -204,77 +204,35 @@ impl RulesConfig {
             )
         };
 
-        match internal_chain {
-            Some(chain) => shared(
-                Table::Nat,
-                SERVICES,
-                format!(
-                    "{} {} -j {chain}",
-                    comment(&format!("{svc} cluster IP")),
-                    to_addr(proto, p.cluster_ip, p.port)
-                ),
-            ),
-            None => {
-                let (why, target) = internal_filter.expect("no internal chain means a filter target");
-                shared(
-                    Table::Filter,
-                    SERVICES,
-                    format!(
-                        "{} {} -j {target}",
-                        comment(&format!("{svc} {why}")),
-                        to_addr(proto, p.cluster_ip, p.port)
-                    ),
-                );
-            }
+        // "<svc> <what>" comment, the service address and port, the target: most rules below.
+        let to_service = |what: &str, ip: IpAddr, target: &str| {
+            format!("{} {} -j {target}", comment(&format!("{svc} {what}")), to_addr(proto, ip, p.port))
+        };
+        match (internal_chain, internal_filter) {
+            (Some(chain), _) => shared(Table::Nat, SERVICES, to_service("cluster IP", p.cluster_ip, chain)),
+            (None, Some((why, target))) => shared(Table::Filter, SERVICES, to_service(why, p.cluster_ip, target)),
+            (None, None) => unreachable!("no internal chain means a filter target"),
         }
-        for ip in &p.external_ips {
+        for ip in p.external_ips.iter().copied() {
             if uses_ext {
-                shared(
-                    Table::Nat,
-                    SERVICES,
-                    format!(
-                        "{} {} -j {}",
-                        comment(&format!("{svc} external IP")),
-                        to_addr(proto, *ip, p.port),
-                        names.ext
-                    ),
-                );
+                shared(Table::Nat, SERVICES, to_service("external IP", ip, &names.ext));
             }
             if let Some((why, target)) = external_filter {
-                shared(
-                    Table::Filter,
-                    EXTERNAL_SERVICES,
-                    format!("{} {} -j {target}", comment(&format!("{svc} {why}")), to_addr(proto, *ip, p.port)),
-                );
+                shared(Table::Filter, EXTERNAL_SERVICES, to_service(why, ip, target));
             }
         }
-        for ip in &p.load_balancer_ips {
+        for ip in p.load_balancer_ips.iter().copied() {
             if uses_ext {
                 let to = if uses_fw { &names.fw } else { &names.ext };
-                shared(
-                    Table::Nat,
-                    SERVICES,
-                    format!("{} {} -j {to}", comment(&format!("{svc} loadbalancer IP")), to_addr(proto, *ip, p.port)),
-                );
+                shared(Table::Nat, SERVICES, to_service("loadbalancer IP", ip, to));
             }
             if uses_fw {
                 // Allowed sources were DNATed by the time filter sees them; what still goes to the LB IP was not.
-                shared(
-                    Table::Filter,
-                    PROXY_FIREWALL,
-                    format!(
-                        "{} {} -j DROP",
-                        comment(&format!("{svc} traffic not accepted by {}", names.fw)),
-                        to_addr(proto, *ip, p.port)
-                    ),
-                );
+                let what = format!("traffic not accepted by {}", names.fw);
+                shared(Table::Filter, PROXY_FIREWALL, to_service(&what, ip, "DROP"));
             }
             if let Some((why, target)) = external_filter {
-                shared(
-                    Table::Filter,
-                    EXTERNAL_SERVICES,
-                    format!("{} {} -j {target}", comment(&format!("{svc} {why}")), to_addr(proto, *ip, p.port)),
-                );
+                shared(Table::Filter, EXTERNAL_SERVICES, to_service(why, ip, target));
             }
         }
         if let Some(node_port) = p.node_port {
